@@ -1,0 +1,1 @@
+"""The `ars` command line: composition root that starts agents, tools and benchmarks."""

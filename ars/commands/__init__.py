@@ -1,0 +1,1 @@
+"""Client-side subcommands (send, watch, annotate) that talk to agents over MQTT."""

@@ -1,0 +1,88 @@
+"""``ars send ROBOT COMMAND``: one of the seven buttons (or rollback) from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+
+from ars.commands.connect import client_mqtt
+from common.config import Settings
+from common.errors import ProtocolError
+from common.ids import check_id
+from common.mqtt import MqttLink
+from common.schemas import BUTTONS, Command, Event, parse_json
+from common.topics import Topics
+
+FINAL_KINDS = {"done", "failed", "rejected"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("robot", help="robot id, e.g. rover1")
+    parser.add_argument(
+        "cmd", metavar="COMMAND", help=f"one of {', '.join(BUTTONS)}, rollback, cancel_finetune"
+    )
+    parser.add_argument("--args", default="{}", help="JSON object of command arguments")
+    parser.add_argument(
+        "--force", action="store_true", help="transfer_model: skip the evaluation gate"
+    )
+    parser.add_argument("--wait", action="store_true", help="wait until the command is done")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
+
+
+def format_event(event: Event) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.ts))
+    extra = f" {json.dumps(event.data)}" if event.data and event.kind != "progress" else ""
+    if event.kind == "progress":
+        d = event.data
+        extra = f" {d.get('percent', 0):.0f}% loss={d.get('loss')} eta={d.get('eta_s')}s"
+    return f"{stamp} {event.source:>14} {event.level:<7} {event.kind:<8} {event.msg}{extra}"
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    rid = check_id(args.robot, "robot id")
+    try:
+        cmd_args = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"--args is not JSON: {exc}") from exc
+    if args.force:
+        cmd_args["force"] = True
+    command = Command(cmd=args.cmd, args=cmd_args)
+    topics = Topics(settings.prefix)
+    subs = [(topics.robot_events(rid), 1), (topics.server_events, 1)]
+    async with MqttLink(
+        client_mqtt(settings), client_id=f"ars-send-{uuid.uuid4().hex[:8]}", subscriptions=subs
+    ) as link:
+        await link.wait_connected(10)
+        await link.publish(topics.robot_cmd(rid), command.to_json(), qos=1)
+        print(f"sent {command.cmd} id={command.id} to {rid}")
+        deadline = time.monotonic() + (args.timeout if args.wait else 5.0)
+        status = 0
+        messages = link.messages()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if args.wait:
+                    print("timed out waiting for the command to finish", file=sys.stderr)
+                    return 1
+                return status
+            try:
+                message = await asyncio.wait_for(anext(messages), remaining)
+            except TimeoutError:
+                continue
+            try:
+                event = parse_json(
+                    Event, message.payload if isinstance(message.payload, bytes) else b""
+                )
+            except ProtocolError:
+                continue
+            if event.ref != command.id:
+                continue
+            print(format_event(event), flush=True)
+            if event.kind in {"rejected", "failed"}:
+                status = 1
+            if event.kind in FINAL_KINDS:
+                return status

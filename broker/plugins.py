@@ -1,0 +1,116 @@
+"""amqtt plugins: password authentication and the per-robot topic ACL.
+
+Written here rather than configuring amqtt's own because amqtt 0.12's
+``AnonymousAuthPlugin(allow_anonymous=False)`` admits any client that merely sends a user name,
+and its ACL plugin cannot express "a robot writes only under its own id".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amqtt.contexts import Action, BaseContext
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+
+from broker.credentials import ADMIN_USERS, read_password_file, verify_password
+
+logger = logging.getLogger(__name__)
+
+#: What a robot may publish under its own ``<prefix>/robots/<rid>/``.
+ROBOT_PUBLISH_LEAVES = ("state", "events", "preview", "regions", "model/status")
+
+
+class ArsAuthPlugin(BaseAuthPlugin):
+    """Password check against a file of scrypt hashes; anonymous only when configured on."""
+
+    @dataclass
+    class Config:
+        password_file: str | None = None
+        allow_anonymous: bool = False
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        cfg: ArsAuthPlugin.Config = self.context.config  # type: ignore[assignment]
+        self._allow_anonymous = bool(cfg.allow_anonymous)
+        self._users: dict[str, str] = (
+            read_password_file(Path(cfg.password_file)) if cfg.password_file else {}
+        )
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        username = session.username
+        if not username:
+            return self._allow_anonymous
+        encoded = self._users.get(username)
+        if encoded is None:
+            logger.warning("mqtt auth refused: unknown user %r", username)
+            return False
+        ok = await asyncio.to_thread(verify_password, session.password or "", encoded)
+        if not ok:
+            logger.warning("mqtt auth refused: bad password for %r", username)
+        return ok
+
+
+def topic_matches(topic: str, pattern: str) -> bool:
+    """MQTT filter matching (``+`` one level, ``#`` the rest)."""
+    t, p = topic.split("/"), pattern.split("/")
+    for i, part in enumerate(p):
+        if part == "#":
+            return True
+        if i >= len(t) or (part != "+" and part != t[i]):
+            return False
+    return len(t) == len(p)
+
+
+class ArsTopicPlugin(BaseTopicPlugin):
+    """Per-user topic rules: admins anywhere under the prefix, robots only their own topics."""
+
+    @dataclass
+    class Config:
+        prefix: str = "ars"
+        anonymous_admin: bool = False
+        extra: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        cfg: ArsTopicPlugin.Config = self.context.config  # type: ignore[assignment]
+        self._prefix = cfg.prefix
+        self._anonymous_admin = cfg.anonymous_admin
+
+    def allowed(self, username: str | None, topic: str, action: Action) -> bool:
+        prefix = self._prefix
+        if username is None or username == "":
+            admin = self._anonymous_admin
+        else:
+            admin = username in ADMIN_USERS
+        if admin:
+            return topic_matches(topic, f"{prefix}/#") or topic == prefix
+        if not username or not username.startswith("robot-"):
+            return False
+        rid = username[len("robot-") :]
+        own = f"{prefix}/robots/{rid}/"
+        if action == Action.PUBLISH:
+            return any(topic == own + leaf for leaf in ROBOT_PUBLISH_LEAVES)
+        # subscribe / receive: its own subtree only (commands, model offers and chunks, acks)
+        if "#" in topic or "+" in topic:
+            return topic.startswith(own) and "+" not in topic[len(own) - 1 :].split("/")[0]
+        return topic.startswith(own)
+
+    async def topic_filtering(
+        self,
+        *,
+        session: Session | None = None,
+        topic: str | None = None,
+        action: Action | None = None,
+    ) -> bool | None:
+        if topic is None or action is None:
+            return False
+        username = session.username if session else None
+        ok = self.allowed(username, topic, action)
+        if not ok and action != Action.RECEIVE:
+            logger.warning("mqtt acl refused: user=%r action=%s topic=%s", username, action, topic)
+        return ok

@@ -1,0 +1,221 @@
+"""Typed configuration: defaults that run with no file, then a TOML file, then the environment,
+then command-line flags. Validated by pydantic; every error names the field and its source.
+
+Environment variables: ``ARS_<SECTION>__<FIELD>`` (e.g. ``ARS_ROBOT__PREVIEW_FPS=10``) and
+``ARS_<FIELD>`` for top-level fields (e.g. ``ARS_DATA_DIR``). Nothing reads the environment at
+import time: callers pass ``os.environ`` explicitly.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from common.errors import ConfigError
+from common.ids import id_value
+
+ENV_PREFIX = "ARS_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MqttSettings(_Section):
+    """How an agent reaches the broker: any MQTT 3.1.1 broker by URL."""
+
+    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://user:pass@host:port or mqtts://")
+    username: str | None = Field(None, description="overrides the user in the URL")
+    password: str | None = Field(None, description="overrides the password in the URL")
+    keepalive: int = Field(30, ge=5, le=3600)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_insecure: bool = False
+    max_payload_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    reconnect_min_s: float = Field(0.2, gt=0, le=60)
+    reconnect_max_s: float = Field(5.0, gt=0, le=600)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str) -> str:
+        if not url.startswith(("mqtt://", "mqtts://", "tcp://", "ssl://")):
+            raise ValueError("must start with mqtt://, mqtts://, tcp:// or ssl://")
+        return url
+
+
+class BrokerSettings(_Section):
+    """The embedded amqtt broker (``ars broker``, ``ars up``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=0, le=65535)
+    allow_anonymous: bool = False
+    password_file: Path | None = Field(None, description="default: <data_dir>/broker/passwd")
+    max_payload_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    max_connections: int = Field(256, ge=1, le=100_000)
+
+
+class RobotSettings(_Section):
+    """The robot agent."""
+
+    id: str = "rover1"
+    source: str = Field("sim:drive", description="sim:urban|rural|drive, folder:PATH, mqtt:TOPIC")
+    camera_fps: float = Field(15.0, gt=0, le=240)
+    width: int = Field(640, ge=32, le=4096)
+    height: int = Field(480, ge=32, le=4096)
+    infer_width: int = Field(320, ge=32, le=4096)
+    infer_height: int = Field(240, ge=32, le=4096)
+    threads: int = Field(2, ge=1, le=256)
+    device: str = Field("auto", description="auto, cpu or cuda")
+    preview_fps: float = Field(5.0, ge=0, le=60)
+    preview_quality: int = Field(80, ge=10, le=100)
+    select_ratio: float = Field(0.2, gt=0, le=1)
+    region_frac: float = Field(0.5, gt=0, le=1)
+    max_candidates: int = Field(5000, ge=10, le=1_000_000)
+    model: Path | None = Field(None, description="initial checkpoint; default: the shipped base")
+    switch_at: int = Field(300, ge=0, description="sim:drive frames before the rural stretch")
+    seed: int = 0
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return id_value(value, "robot id")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        kind, _, rest = value.partition(":")
+        if kind == "sim" and rest in {"urban", "rural", "drive"}:
+            return value
+        if kind in {"folder", "mqtt"} and rest:
+            return value
+        raise ValueError("must be sim:urban, sim:rural, sim:drive, folder:PATH or mqtt:TOPIC")
+
+
+class ServerSettings(_Section):
+    """The server agent: stores, fine-tuning and model publishing."""
+
+    iterations: int = Field(100, ge=1, le=1_000_000)
+    lr: float = Field(2.5e-4, gt=0, le=1)
+    batch_size: int = Field(4, ge=1, le=512)
+    replay_share: float = Field(0.5, ge=0, lt=1)
+    train_width: int = Field(320, ge=32, le=4096)
+    train_height: int = Field(240, ge=32, le=4096)
+    replay_frames: int = Field(64, ge=0, le=100_000)
+    eval_frames: int = Field(24, ge=1, le=100_000)
+    chunk_size: int = Field(256 * 1024, ge=1024, le=256 * 1024)
+    model_dtype: Literal["fp32", "fp16"] = "fp16"
+    resend_timeout_s: float = Field(2.0, gt=0, le=600)
+    device: str = "auto"
+    threads: int = Field(2, ge=1, le=256)
+    gate: bool = Field(True, description="refuse a candidate worse than the robot's model")
+    max_regions: int = Field(100_000, ge=1)
+
+
+class WebSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: str | None = Field(None, description="required when host is not loopback")
+    max_upload_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    allowed_origins: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> WebSettings:
+        loopback = self.host in {"127.0.0.1", "localhost", "::1"}
+        if not loopback and not self.token:
+            raise ValueError(f"web.token is required when web.host is {self.host!r} (not loopback)")
+        return self
+
+
+class Settings(_Section):
+    """Root of the configuration."""
+
+    prefix: str = Field("ars", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    data_dir: Path = Path(".ars")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    model_key: str | None = Field(None, description="shared HMAC key signing model manifests")
+    mqtt: MqttSettings = MqttSettings()
+    broker: BrokerSettings = BrokerSettings()
+    robot: RobotSettings = RobotSettings()
+    server: ServerSettings = ServerSettings()
+    web: WebSettings = WebSettings()
+
+
+_SECTIONS = {name for name, f in Settings.model_fields.items() if isinstance(f.default, BaseModel)}
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _flatten(data: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    flat: dict[tuple[str, ...], Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, (*prefix, key)))
+        else:
+            flat[(*prefix, key)] = value
+    return flat
+
+
+def env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from ``ARS_*`` variables (strings; pydantic converts them)."""
+    layer: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(path) == 1 and path[0] in Settings.model_fields and path[0] not in _SECTIONS:
+            layer[path[0]] = value
+        elif len(path) == 2 and path[0] in _SECTIONS:
+            layer.setdefault(path[0], {})[path[1]] = value
+    return layer
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults, then the TOML file, then ``environ``, then ``overrides`` (flags, nested dicts)."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path is not None:
+        file = Path(path)
+        try:
+            layers.append((f"file {file}", tomllib.loads(file.read_text(encoding="utf-8"))))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {file} not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: {exc}") from exc
+    if environ is not None:
+        layers.append(("environment (ARS_*)", env_layer(environ)))
+    if overrides:
+        layers.append(("command-line flags", {k: v for k, v in overrides.items()}))
+
+    merged: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for source, layer in layers:
+        merged = _deep_merge(merged, layer)
+        for key in _flatten(layer):
+            origin[key] = source
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(str(p) for p in first["loc"])
+        source = next(
+            (origin[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origin), "defaults"
+        )
+        field = ".".join(loc) or "(root)"
+        raise ConfigError(f"config field '{field}' from {source}: {first['msg']}") from exc

@@ -1,0 +1,236 @@
+"""MQTT connection for agents: a long-lived link that reconnects with backoff.
+
+``MqttLink`` is an async context manager owning one background task that connects, subscribes,
+announces (retained state, the caller's ``on_connect``), and pumps messages into a bounded queue
+until the connection breaks, then reconnects with exponential backoff. Agents keep working while
+the broker is away: ``publish`` waits for the link (QoS1) or drops (QoS0, latest-wins data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from common.config import MqttSettings
+from common.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def parse_broker_url(
+    url: str, username: str | None = None, password: str | None = None
+) -> BrokerAddress:
+    """``mqtt://user:pass@host:port`` (or ``mqtts://``) into parts; ConfigError if malformed."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"mqtt", "mqtts", "tcp", "ssl"}:
+        raise ConfigError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+    tls = parts.scheme in {"mqtts", "ssl"}
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ConfigError(f"broker URL {url!r}: bad port") from exc
+    if not parts.hostname:
+        raise ConfigError(f"broker URL {url!r}: no host")
+    return BrokerAddress(
+        host=parts.hostname,
+        port=port,
+        username=username
+        if username is not None
+        else (unquote(parts.username) if parts.username else None),
+        password=password
+        if password is not None
+        else (unquote(parts.password) if parts.password else None),
+        tls=tls,
+    )
+
+
+def make_client(
+    settings: MqttSettings,
+    *,
+    client_id: str | None = None,
+    will: aiomqtt.Will | None = None,
+    max_inflight: int = 32,
+) -> aiomqtt.Client:
+    """An aiomqtt client for the configured broker (MQTT 3.1.1, TLS for mqtts://)."""
+    addr = parse_broker_url(settings.url, settings.username, settings.password)
+    tls_context: ssl.SSLContext | None = None
+    if addr.tls:
+        tls_context = ssl.create_default_context(
+            cafile=str(settings.tls_ca) if settings.tls_ca else None
+        )
+        if settings.tls_cert:
+            tls_context.load_cert_chain(
+                str(settings.tls_cert), str(settings.tls_key) if settings.tls_key else None
+            )
+        if settings.tls_insecure:
+            tls_context.check_hostname = False
+            tls_context.verify_mode = ssl.CERT_NONE
+    return aiomqtt.Client(
+        addr.host,
+        addr.port,
+        username=addr.username,
+        password=addr.password,
+        identifier=client_id or f"ars-{uuid.uuid4().hex[:10]}",
+        protocol=aiomqtt.ProtocolVersion.V311,
+        will=will,
+        clean_session=True,
+        keepalive=settings.keepalive,
+        timeout=10,
+        tls_context=tls_context,
+        max_inflight_messages=max_inflight,
+        logger=logging.getLogger("aiomqtt"),
+    )
+
+
+OnConnect = Callable[["MqttLink"], Awaitable[None]]
+
+
+class MqttLink:
+    """A reconnecting MQTT connection with subscriptions restored on every connect."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        client_id: str,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        will: aiomqtt.Will | None = None,
+        on_connect: OnConnect | None = None,
+        queue_size: int = 256,
+        max_inflight: int = 32,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.subscriptions = list(subscriptions)
+        self.will = will
+        self.on_connect = on_connect
+        self.max_inflight = max_inflight
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self._client: aiomqtt.Client | None = None
+        self._queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._first_attempt = asyncio.Event()
+        self._last_error: Exception | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name=f"mqtt-link-{self.client_id}")
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until connected; raises TimeoutError (with the last error) after ``timeout``."""
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout)
+        except TimeoutError as exc:
+            raise TimeoutError(
+                f"no MQTT connection to {self.settings.url}: {self._last_error}"
+            ) from exc
+
+    async def _run(self) -> None:
+        delay = self.settings.reconnect_min_s
+        while True:
+            client = make_client(
+                self.settings,
+                client_id=self.client_id,
+                will=self.will,
+                max_inflight=self.max_inflight,
+            )
+            try:
+                async with client:
+                    self._client = client
+                    for topic, qos in self.subscriptions:
+                        await client.subscribe(topic, qos)
+                    self.connections += 1
+                    self.connected.set()
+                    delay = self.settings.reconnect_min_s
+                    logger.info(
+                        "mqtt connected client=%s url=%s", self.client_id, self.settings.url
+                    )
+                    if self.on_connect is not None:
+                        await self.on_connect(self)
+                    async for message in client.messages:
+                        await self._queue.put(message)
+            except aiomqtt.MqttError as exc:
+                self._last_error = exc
+                logger.warning("mqtt link %s down: %s; retry in %.1fs", self.client_id, exc, delay)
+            finally:
+                self.connected.clear()
+                self._client = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.reconnect_max_s)
+
+    async def messages(self) -> AsyncIterator[aiomqtt.Message]:
+        """Incoming messages across reconnects."""
+        while True:
+            yield await self._queue.get()
+
+    async def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Add a subscription now (if connected) and on every later connect."""
+        if (topic, qos) not in self.subscriptions:
+            self.subscriptions.append((topic, qos))
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.subscribe(topic, qos)
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float | None = 30.0,
+    ) -> bool:
+        """Publish; QoS0 drops (returns False) when disconnected, QoS>0 waits for the link.
+
+        For QoS1 the call returns after the broker's PUBACK; a broken connection mid-way is
+        retried on the next connection until ``timeout`` (so the caller's data is not lost).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            client = self._client
+            if client is None or not self.connected.is_set():
+                if qos == 0:
+                    return False
+                remaining = None if deadline is None else max(0.0, deadline - loop.time())
+                await self.wait_connected(remaining)
+                continue
+            try:
+                await client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
+                return True
+            except aiomqtt.MqttError as exc:
+                if qos == 0:
+                    return False
+                if deadline is not None and loop.time() >= deadline:
+                    raise TimeoutError(f"publish to {topic} failed: {exc}") from exc
+                self.connected.clear()
+                await asyncio.sleep(0.05)
