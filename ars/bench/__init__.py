@@ -1,0 +1,48 @@
+"""``ars bench NAME --json``: each benchmark prints one JSON object and exits 0.
+
+A benchmark module ``ars.bench.<name>`` provides ``add_arguments(parser)`` (optional) and
+``run(args, settings) -> dict``; figures are ratios against a baseline measured in the same run
+where one exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from typing import Any
+
+from common.config import Settings
+
+BENCHMARKS: dict[str, str] = {
+    "sim": "simulator frame rate at 640x480 and 320x240",
+    "mining": "inference, entropy and window search against the average-pool reference",
+    "domain-gap": "the base model's mIoU on held-out urban and rural frames",
+}
+
+
+def _module_name(name: str) -> str:
+    return "ars.bench." + name.replace("-", "_")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="NAME", required=True)
+    for name, help_text in BENCHMARKS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="print only the JSON object")
+        p.add_argument("--out", help="also write the JSON object to this file")
+        # bench modules keep heavy imports (torch) inside run(), so importing them here is cheap
+        module = importlib.import_module(_module_name(name))
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(p)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    module = importlib.import_module(_module_name(args.bench))
+    result: dict[str, Any] = module.run(args, settings)
+    text = json.dumps(result, indent=None if args.json else 2, sort_keys=False)
+    print(text, flush=True)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    return 0
