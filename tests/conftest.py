@@ -55,7 +55,7 @@ async def mosquitto_broker(tmp_path: Path) -> AsyncIterator[BrokerHandle]:
     from broker.mosquitto import write_mosquitto_config
 
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
+    if not os.path.exists(binary):  # noqa: ASYNC240 (one stat at set-up)
         pytest.fail(
             "mosquitto is not installed: run `make system-deps` (apt-get install mosquitto)"
         )

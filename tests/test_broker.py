@@ -1,4 +1,4 @@
-"""The brokers: password authentication, the per-robot ACL, credential files, on amqtt and Mosquitto."""
+"""Brokers: password authentication, per-robot ACL and credential files, on amqtt and Mosquitto."""
 
 from __future__ import annotations
 
