@@ -1,1 +1,6 @@
-"""simulator package."""
+"""Procedural road scenes with per-pixel Cityscapes trainId ground truth (numpy, no torch).
+
+``scene.render_frame`` renders one independent scene, ``drive.Drive`` a coherent stream that can
+move from the ``urban`` to the ``rural`` domain, ``oracle.OracleAnnotator`` labels regions from
+ground truth, ``palette`` holds the class names and colours.
+"""
