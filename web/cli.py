@@ -1,0 +1,81 @@
+"""``ars web``: serve the UI (127.0.0.1:8080 by default; a token is required off loopback)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+
+from common.config import MqttSettings, Settings
+from web.app import create_app
+from web.security import is_loopback
+
+WEB_USER = "operator"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="access token, required off loopback (or ARS_WEB__TOKEN, kept out of ps)",
+    )
+
+
+def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    out: dict[str, Any] = {}
+    for name in ("host", "port", "token"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    return {"web": out} if out else {}
+
+
+def operator_mqtt(settings: Settings) -> MqttSettings:
+    """The configured broker URL; without a user, the local ``ars up`` operator credentials."""
+    mqtt = settings.mqtt
+    if urlsplit(mqtt.url).username or mqtt.username:
+        return mqtt
+    secrets_file = settings.data_dir / "secrets" / "mqtt.json"
+    if not secrets_file.is_file():
+        return mqtt
+    passwords = json.loads(secrets_file.read_text(encoding="utf-8"))
+    if WEB_USER not in passwords:
+        return mqtt
+    parts = urlsplit(mqtt.url)
+    netloc = f"{quote(WEB_USER)}:{quote(passwords[WEB_USER])}@{parts.netloc}"
+    return mqtt.model_copy(update={"url": f"{parts.scheme}://{netloc}"})
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.model_copy(update={"mqtt": operator_mqtt(settings)})
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    host, port = settings.web.host, settings.web.port
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        shown = f"[{host}]" if ":" in host else host
+        note = "" if is_loopback(host) else " (token required: add ?token=... or sign in)"
+        print(f"ars web: http://{shown}:{port}/{note}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    except OSError as exc:
+        print(f"ars web: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await runner.cleanup()
+    return 0
