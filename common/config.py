@@ -215,7 +215,10 @@ def load_settings(
         first = exc.errors()[0]
         loc = tuple(str(p) for p in first["loc"])
         source = next(
-            (origin[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origin), "defaults"
+            (origin[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origin), None
         )
+        if source is None:  # a cross-field rule on a section: blame the last layer that set it
+            below = [origin[k] for k in origin if k[: len(loc)] == loc]
+            source = below[-1] if below else "defaults"
         field = ".".join(loc) or "(root)"
         raise ConfigError(f"config field '{field}' from {source}: {first['msg']}") from exc
