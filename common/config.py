@@ -114,6 +114,7 @@ class ServerSettings(_Section):
     threads: int = Field(2, ge=1, le=256)
     gate: bool = Field(True, description="refuse a candidate worse than the robot's model")
     max_regions: int = Field(100_000, ge=1)
+    base_model: Path | None = Field(None, description="base checkpoint; default: the shipped one")
 
 
 class WebSettings(_Section):
@@ -214,7 +215,7 @@ def load_settings(
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(str(p) for p in first["loc"])
-        source = next(
+        source: str | None = next(
             (origin[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origin), None
         )
         if source is None:  # a cross-field rule on a section: blame the last layer that set it

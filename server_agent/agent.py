@@ -1,0 +1,300 @@
+"""The server agent: one MQTT link, one dispatcher, and the parts that do the work.
+
+``ServerAgent`` is an async context manager: on enter it opens the store (failing jobs a crash
+left running), connects with a last will (retained ``ServerState(online=False)``), and starts
+the dispatcher and the state publisher; on exit it cancels fine-tuning, stops transfers and
+publishes its offline state. Messages are handled one at a time in arrival order (a manifest
+after its regions); long work (fine-tuning, model transfers) runs in its own tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+
+from common.config import Settings
+from common.envelope import MAGIC, decode
+from common.errors import ArsError, CommandRejected, ProtocolError
+from common.mqtt import MqttLink
+from common.schemas import (
+    SERVER_COMMANDS,
+    SERVER_REQUESTS,
+    Command,
+    ServerState,
+    parse_json,
+    validate,
+)
+from common.topics import Topics
+from server_agent.annotation import Annotation
+from server_agent.finetune import RESTART_REASON, FinetuneRunner
+from server_agent.intake import RegionIntake
+from server_agent.outbox import Outbox
+from server_agent.publisher import ModelPublisher
+from server_agent.store import Store
+
+logger = logging.getLogger(__name__)
+
+#: ServerState is published at most this often (the protocol says 2/s).
+STATE_PERIOD_S = 0.5
+#: Command ids remembered to make QoS 1 redelivery of a command harmless.
+SEEN_COMMANDS = 1024
+
+
+class ServerAgent:
+    """Regions in, annotations, fine-tuning and model versions out, all over MQTT."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        base_checkpoint: Path | None = None,
+        client_id: str = "ars-server",
+        transfer_idle_timeout: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.prefix)
+        self.store = Store(settings.data_dir)
+        will = aiomqtt.Will(
+            self.topics.server_state, ServerState(online=False).to_json(), qos=1, retain=True
+        )
+        subs = [
+            (self.topics.all_robots("regions"), 1),
+            (self.topics.all_robots("cmd"), 1),
+            (self.topics.all_robots("model/status"), 1),
+            (self.topics.all_robots("state"), 1),
+            (self.topics.server_cmd, 1),
+        ]
+        self.link = MqttLink(
+            settings.mqtt,
+            client_id=client_id,
+            subscriptions=subs,
+            will=will,
+            on_connect=self._on_connect,
+            queue_size=1024,
+        )
+        self.outbox = Outbox(self.link, self.topics, self._changed)
+        self.annotation = Annotation(self.store, self.outbox)
+        self.intake = RegionIntake(
+            self.store,
+            self.outbox,
+            max_payload_bytes=settings.mqtt.max_payload_bytes,
+            max_regions=settings.server.max_regions,
+            on_stored=self.annotation.region_stored,
+        )
+        self.finetune = FinetuneRunner(
+            self.store, self.outbox, settings.server, base_checkpoint=base_checkpoint
+        )
+        extra = {} if transfer_idle_timeout is None else {"idle_timeout": transfer_idle_timeout}
+        self.publisher = ModelPublisher(self.store, self.outbox, settings, **extra)
+        self._dirty = asyncio.Event()
+        self._online = True
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._recovered: list[tuple[str, str, str]] = []
+
+    # --- lifetime --------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        self._recovered = await asyncio.to_thread(self.finetune.recover)
+        await self.link.__aenter__()
+        self._tasks = [
+            asyncio.create_task(self._dispatch(), name="server-dispatch"),
+            asyncio.create_task(self._state_loop(), name="server-state"),
+        ]
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self.finetune.close()
+            await self.publisher.close()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._online = False
+            if self.link.connected.is_set():
+                with contextlib.suppress(Exception):
+                    await self.link.publish(
+                        self.topics.server_state, await self._state_json(), retain=True, timeout=5
+                    )
+        finally:
+            await self.link.__aexit__(et, e, tb)
+            await asyncio.to_thread(self.store.close)
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        await self.link.wait_connected(timeout)
+
+    async def _on_connect(self, link: MqttLink) -> None:
+        await link.publish(self.topics.server_state, await self._state_json(), retain=True)
+        recovered, self._recovered = self._recovered, []
+        for job_id, rid, cmd_id in recovered:
+            await self.outbox.event(
+                "failed",
+                f"fine-tune job {job_id} for {rid}: {RESTART_REASON}",
+                ref=cmd_id,
+                cmd="start_finetune",
+                robot_id=rid,
+                data={"job_id": job_id},
+            )
+
+    # --- state -----------------------------------------------------------------------------
+    def _changed(self) -> None:
+        self._dirty.set()
+
+    def _state_sync(self) -> ServerState:
+        regions, annotated = self.store.counts()
+        return ServerState(
+            online=self._online,
+            annotation=self.annotation.session(),
+            finetune=self.finetune.status,
+            regions=regions,
+            annotated=annotated,
+            models=self.store.model_infos(),
+            robots=sorted(self.store.robots()),
+        )
+
+    async def state(self) -> ServerState:
+        return await asyncio.to_thread(self._state_sync)
+
+    async def _state_json(self) -> bytes:
+        return (await self.state()).to_json()
+
+    async def _state_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self.link.publish(
+                    self.topics.server_state, await self._state_json(), retain=True
+                )
+            except (ArsError, TimeoutError) as exc:
+                logger.warning("server state not published: %s", exc)
+            await asyncio.sleep(STATE_PERIOD_S)
+
+    # --- dispatch --------------------------------------------------------------------------
+    async def _dispatch(self) -> None:
+        async for message in self.link.messages():
+            topic = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+            try:
+                await self._route(topic, bytes(payload))
+            except ArsError as exc:
+                with contextlib.suppress(Exception):
+                    await self.outbox.error(topic, str(exc))
+            except Exception as exc:  # a handler bug must not stop the dispatcher
+                logger.exception("handler for %s failed", topic)
+                with contextlib.suppress(Exception):
+                    await self.outbox.error(topic, f"internal error: {exc.__class__.__name__}")
+
+    async def _route(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.server_cmd:
+            await self._request(topic, payload)
+            return
+        parsed = self.topics.parse_robot_topic(topic)
+        if parsed is None:
+            return
+        rid, leaf = parsed
+        if leaf == "regions":
+            await self.intake.handle(rid, topic, payload)
+        elif leaf == "cmd":
+            await self._command(rid, topic, payload)
+        elif leaf == "model/status":
+            await self.publisher.on_status(rid, topic, payload)
+        elif leaf == "state":
+            await self.publisher.on_state(rid, topic, payload)
+
+    def _first_time(self, command_id: str) -> bool:
+        if command_id in self._seen:
+            return False
+        self._seen[command_id] = None
+        while len(self._seen) > SEEN_COMMANDS:
+            self._seen.popitem(last=False)
+        return True
+
+    async def _command(self, rid: str, topic: str, payload: bytes) -> None:
+        """A button on ``robots/{rid}/cmd``: server commands only; the robot answers the rest."""
+        try:
+            command = parse_json(Command, payload, where=topic)
+        except ProtocolError:
+            return  # the robot answers invalid commands (exactly one answer)
+        if command.cmd not in SERVER_COMMANDS or not self._first_time(command.id):
+            return
+        handlers = {
+            "start_annotation": self.annotation.start,
+            "stop_annotation": self.annotation.stop,
+            "start_finetune": self.finetune.start,
+            "cancel_finetune": self.finetune.cancel,
+            "transfer_model": self.publisher.start,
+        }
+        logger.info("robot %s: command %s id=%s", rid, command.cmd, command.id)
+        try:
+            await handlers[command.cmd](rid, command)
+        except CommandRejected as exc:
+            await self.outbox.rejected(command, rid, str(exc))
+
+    # --- requests on ars/server/cmd --------------------------------------------------------
+    async def _request(self, topic: str, payload: bytes) -> None:
+        parts: list[bytes] = []
+        if payload.startswith(MAGIC):
+            env = decode(payload, max_bytes=self.settings.mqtt.max_payload_bytes)
+            command = validate(Command, env.header, where=topic)
+            parts = env.parts
+        else:
+            command = parse_json(Command, payload, where=topic)
+        self.outbox.reply_topic(command)  # no valid reply topic: an error event, no answer
+        if command.cmd not in SERVER_REQUESTS:
+            await self._refuse(command, topic, f"unknown request {command.cmd!r}")
+            return
+        try:
+            if command.cmd == "get_region":
+                await self._get_region(command)
+                return
+            data = await self._answer(command, parts)
+        except ArsError as exc:
+            await self._refuse(command, topic, str(exc))
+            return
+        await self.outbox.reply(command, ok=True, data=data)
+
+    async def _refuse(self, command: Command, topic: str, reason: str) -> None:
+        """The error event first, then the reply: a client holding the reply has both."""
+        await self.outbox.error(topic, f"{command.cmd} refused: {reason}", ref=command.id)
+        if command.cmd == "get_region":
+            header = {"ref": command.id, "ok": False, "error": reason, "data": {}}
+            await self.outbox.reply_envelope(command, header, [])
+        else:
+            await self.outbox.reply(command, ok=False, error=reason)
+
+    async def _answer(self, command: Command, parts: list[bytes]) -> dict[str, Any]:
+        args = command.args
+        if command.cmd == "list_regions":
+            return await asyncio.to_thread(self.annotation.list_regions, args)
+        if command.cmd == "submit_annotation":
+            data = await asyncio.to_thread(self.annotation.submit, args, parts)
+            self._changed()
+            return data
+        if command.cmd == "list_models":
+            infos = await asyncio.to_thread(self.store.model_infos)
+            return {"models": [m.model_dump(mode="json") for m in infos]}
+        return (await self.state()).model_dump(mode="json")
+
+    async def _get_region(self, command: Command) -> None:
+        row, parts = await asyncio.to_thread(self.annotation.get_region, command.args)
+        header = {
+            "ref": command.id,
+            "ok": True,
+            "error": None,
+            "data": {},
+            "region": row.header,
+            "annotated": row.annotated,
+            "skipped": row.skipped,
+        }
+        await self.outbox.reply_envelope(command, header, parts)

@@ -1,0 +1,254 @@
+"""Transfer Model: offer the robot's newest version, send it in chunks, resend what is missing.
+
+The newest registered version of a robot that is not the one it runs is offered (HMAC-signed
+when ``model_key`` is set), gated first: a candidate whose rural mIoU is below the robot's
+current model's is refused unless the command says ``force``. Chunks go out with bounded
+concurrency; ``receiving`` statuses listing missing chunks are answered by resending them; the
+robot's ``active`` ends the command. Every status a robot sends (and its retained state) is
+recorded, so the registry knows which version runs where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from common.chunking import split_chunks
+from common.config import Settings
+from common.envelope import encode
+from common.errors import CommandRejected, ProtocolError, StorageError
+from common.hashing import hmac_sha256, sha256_bytes
+from common.schemas import ChunkHeader, Command, ModelOffer, ModelStatus, RobotState, parse_json
+from server_agent.outbox import Outbox
+from server_agent.store import Store, VersionRow
+from simulator.palette import CLASS_NAMES
+
+logger = logging.getLogger(__name__)
+
+#: Chunks in flight at once (aiomqtt warns above 10 pending publishes).
+IN_FLIGHT = 8
+#: A transfer fails when the robot says nothing for this long (it asks for resends every 2 s).
+IDLE_TIMEOUT_S = 60.0
+
+
+@dataclass
+class _Transfer:
+    robot_id: str
+    command: Command
+    row: VersionRow
+    statuses: asyncio.Queue[ModelStatus] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+
+
+def gate_reference(row: VersionRow, active: VersionRow | None) -> float | None:
+    """The robot's current rural mIoU: its registered model's, else the candidate's parent's."""
+    if active is not None and "miou_rural" in active.metrics:
+        return active.metrics["miou_rural"]
+    return row.metrics_before.get("miou_rural")
+
+
+class ModelPublisher:
+    """Model offers, chunks and resends; one transfer per robot at a time."""
+
+    def __init__(
+        self,
+        store: Store,
+        outbox: Outbox,
+        settings: Settings,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.settings = settings
+        self.idle_timeout = idle_timeout
+        self._transfers: dict[str, _Transfer] = {}
+        self._known_active: dict[str, str | None] = {}
+
+    # --- command ---------------------------------------------------------------------------
+    async def start(self, rid: str, command: Command) -> None:
+        if rid in self._transfers:
+            busy = self._transfers[rid].row.version
+            raise CommandRejected(f"model {busy} is being transferred to {rid}; wait for it")
+        versions = await asyncio.to_thread(self.store.versions, rid)
+        if not versions:
+            raise CommandRejected(f"no new model for {rid}: run Start FineTune first")
+        row = versions[0]
+        active_version = (await asyncio.to_thread(self.store.robots)).get(rid)
+        if row.version == active_version:
+            raise CommandRejected(f"no new model for {rid}: {row.version} is already active")
+        force = command.args.get("force") is True
+        active = next((v for v in versions if v.version == active_version), None)
+        if active is None and active_version is not None:
+            active = await asyncio.to_thread(self.store.version, active_version)
+        reference = gate_reference(row, active)
+        candidate = row.metrics.get("miou_rural")
+        gate = {"candidate_miou_rural": candidate, "current_miou_rural": reference}
+        worse = reference is not None and candidate is not None and candidate < reference
+        if self.settings.server.gate and worse and not force:
+            await self.outbox.event(
+                "rejected",
+                f"gate: {row.version} has rural mIoU {candidate:.4f}, below the running "
+                f"model's {reference:.4f}; send with force to override",
+                ref=command.id,
+                cmd=command.cmd,
+                robot_id=rid,
+                data={"version": row.version, **gate},
+            )
+            return
+        transfer = _Transfer(robot_id=rid, command=command, row=row)
+        self._transfers[rid] = transfer
+        await self.outbox.accepted(
+            command,
+            rid,
+            f"offering {row.version} ({row.bytes} bytes)" + (" (gate overridden)" if force else ""),
+            version=row.version,
+            forced=force,
+            **gate,
+        )
+        transfer.task = asyncio.create_task(self._run(transfer), name=f"model-to-{rid}")
+
+    async def close(self) -> None:
+        tasks = [t.task for t in self._transfers.values() if t.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- the transfer ----------------------------------------------------------------------
+    def _read(self, row: VersionRow, chunk_size: int) -> tuple[bytes, list[bytes]]:
+        """Sync (worker thread): the checkpoint, checked against its registered SHA-256, split."""
+        data = self.store.model_path(row.version).read_bytes()
+        if sha256_bytes(data) != row.sha256:
+            raise StorageError(f"checkpoint of {row.version} does not match its SHA-256")
+        return data, split_chunks(data, chunk_size)
+
+    def _offer(self, row: VersionRow, data: bytes, chunk_size: int, chunks: int) -> ModelOffer:
+        offer = ModelOffer(
+            robot_id=row.robot_id,
+            version=row.version,
+            sha256=row.sha256,
+            bytes=len(data),
+            chunk_size=chunk_size,
+            chunks=chunks,
+            arch=row.arch,
+            dtype="fp16" if row.dtype == "fp16" else "fp32",
+            classes=list(CLASS_NAMES),
+            metrics=row.metrics,
+        )
+        if self.settings.model_key:
+            signature = hmac_sha256(self.settings.model_key.encode(), offer.signed_fields())
+            offer = offer.model_copy(update={"signature": signature})
+        return offer
+
+    async def _send_chunks(
+        self, rid: str, version: str, chunks: list[bytes], indices: list[int]
+    ) -> None:
+        topic = self.outbox.topics.model_chunk(rid)
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one(index: int) -> None:
+            async with gate:
+                chunk = chunks[index]
+                header = ChunkHeader(version=version, index=index, sha256=sha256_bytes(chunk))
+                await self.outbox.link.publish(
+                    topic, encode(header.model_dump(mode="json"), [chunk]), qos=1
+                )
+
+        async with asyncio.TaskGroup() as group:
+            for index in indices:
+                group.create_task(one(index))
+
+    async def _run(self, t: _Transfer) -> None:
+        rid, row, command = t.robot_id, t.row, t.command
+        start = time.monotonic()
+        try:
+            chunk_size = self.settings.server.chunk_size
+            data, chunks = await asyncio.to_thread(self._read, row, chunk_size)
+            offer = self._offer(row, data, chunk_size, len(chunks))
+            await self.outbox.link.publish(
+                self.outbox.topics.model_offer(rid), offer.to_json(), qos=1
+            )
+            await self._send_chunks(rid, row.version, chunks, list(range(len(chunks))))
+            resent = 0
+            while True:
+                try:
+                    status = await asyncio.wait_for(t.statuses.get(), self.idle_timeout)
+                except TimeoutError:
+                    await self.outbox.failed(
+                        command,
+                        rid,
+                        f"{rid} said nothing about {row.version} for {self.idle_timeout:.0f} s",
+                        version=row.version,
+                    )
+                    return
+                if status.state == "receiving" and status.missing:
+                    wanted = sorted({i for i in status.missing if 0 <= i < len(chunks)})
+                    logger.info(
+                        "robot %s: resending %d chunks of %s", rid, len(wanted), row.version
+                    )
+                    await self._send_chunks(rid, row.version, chunks, wanted)
+                    resent += len(wanted)
+                elif status.state == "active":
+                    await self.outbox.done(
+                        command,
+                        rid,
+                        f"{rid} runs {row.version}",
+                        version=row.version,
+                        bytes=len(data),
+                        chunks=len(chunks),
+                        resent=resent,
+                        seconds=round(time.monotonic() - start, 3),
+                    )
+                    return
+                elif status.state in ("rejected", "failed"):
+                    await self.outbox.failed(
+                        command,
+                        rid,
+                        f"{rid} refused {row.version}: {status.error or status.state}",
+                        version=row.version,
+                        state=status.state,
+                    )
+                    return
+        except (OSError, StorageError) as exc:
+            await self.outbox.failed(command, rid, f"cannot send {row.version}: {exc}")
+        except Exception:  # e.g. the broker gone for longer than a publish waits
+            logger.exception("robot %s: transfer of %s failed", rid, row.version)
+        finally:
+            self._transfers.pop(rid, None)
+
+    # --- what robots report ----------------------------------------------------------------
+    async def on_status(self, rid: str, topic: str, payload: bytes) -> None:
+        status = parse_json(ModelStatus, payload, where=topic)
+        if status.robot_id != rid:
+            raise ProtocolError(f"robot_id {status.robot_id!r} differs from the topic's {rid!r}")
+        if status.state in ("active", "rolled_back"):
+            await self._record(rid, status.version, status.state)
+        transfer = self._transfers.get(rid)
+        if transfer is not None and transfer.row.version == status.version:
+            transfer.statuses.put_nowait(status)
+
+    async def on_state(self, rid: str, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained state
+        state = parse_json(RobotState, payload, where=topic)
+        if state.robot_id != rid:
+            raise ProtocolError(f"robot_id {state.robot_id!r} differs from the topic's {rid!r}")
+        if state.model is not None:
+            await self._record(rid, state.model.version, "state")
+        elif rid not in self._known_active:
+            await asyncio.to_thread(self.store.touch_robot, rid)
+            self._known_active[rid] = None
+            self.outbox.changed()
+
+    async def _record(self, rid: str, version: str, how: str) -> None:
+        if self._known_active.get(rid) == version and how == "state":
+            return
+        self._known_active[rid] = version
+        await asyncio.to_thread(self.store.set_active, rid, version, how)
+        logger.info("robot %s runs %s (%s)", rid, version, how)
+        self.outbox.changed()
