@@ -206,10 +206,10 @@ def load_settings(
 
     merged: dict[str, Any] = {}
     origin: dict[tuple[str, ...], str] = {}
-    for source, layer in layers:
+    for layer_name, layer in layers:
         merged = _deep_merge(merged, layer)
         for key in _flatten(layer):
-            origin[key] = source
+            origin[key] = layer_name
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
