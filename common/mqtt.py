@@ -63,6 +63,15 @@ def parse_broker_url(
     )
 
 
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{parts.username}:***@{host}"
+
+
 def make_client(
     settings: MqttSettings,
     *,

@@ -1,0 +1,406 @@
+"""The robot agent: camera, inference, candidate store, data transfer and model updates,
+composed around one MQTT link and one dispatcher.
+
+Tasks: the dispatcher (one handler per topic), the camera (pulls frames while segmenting into a
+latest-wins mailbox), the inference worker, and a 1 s state heartbeat while segmenting.
+Commands are answered by ``robot_agent.commands``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+import torch
+
+from common.config import Settings
+from common.errors import ArsError, ProtocolError
+from common.mqtt import MqttLink
+from common.schemas import (
+    Command,
+    Event,
+    EventKind,
+    Level,
+    ModelRef,
+    ModelStatus,
+    RegionsAck,
+    RobotState,
+    parse_json,
+)
+from common.topics import Topics
+from models.checkpoint import DEFAULT_CHECKPOINT
+from robot_agent.candidates import CandidateStore
+from robot_agent.commands import RobotCommands
+from robot_agent.frames import preview_payload, region_parts
+from robot_agent.inference import FrameResult, InferenceWorker, ModelSlot, resolve_device
+from robot_agent.mailbox import LatestMailbox
+from robot_agent.model_store import ModelFiles
+from robot_agent.model_update import ModelUpdater
+from robot_agent.sources import CameraFrame, FrameSource, MqttSource, open_source
+from robot_agent.transfer import DataTransfer
+
+logger = logging.getLogger(__name__)
+
+STATE_INTERVAL_S = 1.0
+
+
+def _payload_bytes(message: aiomqtt.Message) -> bytes:
+    payload = message.payload
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return b"" if payload is None else str(payload).encode()
+
+
+class RobotAgent:
+    """``async with RobotAgent(settings) as robot: ...``: runs until the block exits."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: FrameSource | None = None,
+        ack_timeout: float = 15.0,
+    ) -> None:
+        self.settings = settings
+        self.rs = settings.robot
+        self.rid = settings.robot.id
+        self.topics = Topics(settings.prefix)
+        self.device = resolve_device(self.rs.device)
+        self.segmenting = False
+        self.fps = 0.0
+        self.frames = 0
+        self.mailbox: LatestMailbox[CameraFrame] = LatestMailbox()
+        self._source_override = source
+        self._ack_timeout = ack_timeout
+        self._seg_on = asyncio.Event()
+        self._stack = AsyncExitStack()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_preview = 0.0
+        self._last_frame_t: float | None = None
+        # set in __aenter__
+        self.source: FrameSource
+        self.store: CandidateStore
+        self.slot: ModelSlot
+        self.files: ModelFiles
+        self.worker: InferenceWorker
+        self.link: MqttLink
+        self.transfer: DataTransfer
+        self.updater: ModelUpdater
+        self.commands = RobotCommands(self)
+
+    # --- lifetime ------------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        rs, data_dir = self.rs, self.settings.data_dir
+        torch.set_num_threads(rs.threads)
+        self.files = ModelFiles(data_dir / "models")
+        fallback = rs.model or DEFAULT_CHECKPOINT
+        loaded = await asyncio.to_thread(self.files.load_last_good, Path(fallback), self.device)
+        self.slot = ModelSlot(loaded)
+        self.store = await asyncio.to_thread(
+            CandidateStore, data_dir / "candidates", rs.max_candidates
+        )
+        self._stack.callback(self.store.close)
+        self.source = self._source_override or open_source(rs.source, rs, self._error)
+        self.worker = InferenceWorker(
+            self.slot, infer_size=(rs.infer_width, rs.infer_height), region_frac=rs.region_frac
+        )
+        t = self.topics
+        subs = [
+            (t.robot_cmd(self.rid), 1),
+            (t.robot_regions_ack(self.rid), 1),
+            (t.model_offer(self.rid), 1),
+            (t.model_chunk(self.rid), 1),
+        ]
+        if isinstance(self.source, MqttSource):
+            subs.append((self.source.topic, 0))
+            own = f"{self.settings.prefix}/robots/{self.rid}/"
+            if not self.source.topic.startswith(own):
+                logger.warning(
+                    "robot %s: camera topic %s is outside %s; the broker ACL lets robot-%s "
+                    "read only there (use e.g. %scamera, or run as a user allowed to read it)",
+                    self.rid, self.source.topic, own, self.rid, own,
+                )  # fmt: skip
+        will = aiomqtt.Will(
+            t.robot_state(self.rid),
+            RobotState(robot_id=self.rid, online=False, source=rs.source).to_json(),
+            qos=1,
+            retain=True,
+        )
+        self.link = MqttLink(
+            self.settings.mqtt,
+            client_id=f"ars-robot-{self.rid}",
+            subscriptions=subs,
+            will=will,
+            on_connect=self._on_connect,
+            max_inflight=16,
+        )
+        self.transfer = DataTransfer(
+            link=self.link,
+            topics=t,
+            robot_id=self.rid,
+            store=self.store,
+            select_ratio=rs.select_ratio,
+            max_payload_bytes=self.settings.mqtt.max_payload_bytes,
+            ack_timeout=self._ack_timeout,
+        )
+        self.updater = ModelUpdater(
+            robot_id=self.rid,
+            slot=self.slot,
+            files=self.files,
+            device=self.device,
+            infer_hw=(rs.infer_height, rs.infer_width),
+            model_key=self.settings.model_key,
+            resend_timeout=self.settings.server.resend_timeout_s,
+            max_payload_bytes=self.settings.mqtt.max_payload_bytes,
+            status=self._publish_status,
+            event=self._updater_event,
+            changed=self.publish_state,
+        )
+        await self._stack.enter_async_context(self.link)
+        self._stack.push_async_callback(self._shutdown)
+        self.spawn(self._dispatch(), "robot-dispatch")
+        self.spawn(self._camera(), "robot-camera")
+        self.spawn(self.worker.run(self.mailbox, self._on_result, self._error), "robot-infer")
+        self.spawn(self._heartbeat(), "robot-heartbeat")
+        logger.info(
+            "robot %s up: source %s, model %s (%s), device %s",
+            self.rid, self.source.description, loaded.version, loaded.meta.arch, self.device,
+        )  # fmt: skip
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _shutdown(self) -> None:
+        """Stop every task, then say goodbye (retained offline state) while the link is up."""
+        self.segmenting = False
+        self._seg_on.clear()
+        await self.updater.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.link.connected.is_set():
+            with contextlib.suppress(Exception):
+                await self.link.publish(
+                    self.topics.robot_state(self.rid),
+                    self._state(online=False).to_json(),
+                    qos=1,
+                    retain=True,
+                    timeout=3.0,
+                )
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the agent keeps, and cancels on shutdown."""
+        task = asyncio.create_task(coro, name=f"{name}-{self.rid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "robot %s: task %s died", self.rid, task.get_name(), exc_info=task.exception()
+            )
+
+    # --- publishing ------------------------------------------------------------------------------
+    def _state(self, *, online: bool = True) -> RobotState:
+        prev = self.files.previous_info()
+        prev_ref = None
+        if prev is not None:
+            with contextlib.suppress(Exception):
+                prev_ref = ModelRef.model_validate(prev)
+        return RobotState(
+            robot_id=self.rid,
+            online=online,
+            segmenting=self.segmenting and online,
+            source=self.source.description,
+            model=self.slot.current.ref(),
+            previous_model=prev_ref,
+            fps=round(self.fps, 2) if self.segmenting else 0.0,
+            frames=self.frames,
+            candidates=self.store.count,
+            unsent_candidates=self.store.unsent_count,
+            bytes_sent=self.transfer.bytes_sent_total,
+        )
+
+    async def _publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish; a broker away for longer than the publish timeout is logged, not raised,
+        so no handler loop dies of it (the link reconnects and the next state catches up)."""
+        try:
+            await self.link.publish(topic, payload, qos=qos, retain=retain)
+        except TimeoutError as exc:
+            logger.warning("robot %s: dropped a message for %s: %s", self.rid, topic, exc)
+
+    async def publish_state(self) -> None:
+        await self._publish(self.topics.robot_state(self.rid), self._state().to_json(), retain=True)
+
+    async def _on_connect(self, link: MqttLink) -> None:
+        await self.publish_state()
+
+    async def event(
+        self,
+        kind: EventKind,
+        msg: str,
+        *,
+        level: Level = "info",
+        cmd: Command | None = None,
+        ref: str | None = None,
+        name: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        evt = Event(
+            source=f"robot:{self.rid}",
+            level=level,
+            kind=kind,
+            msg=msg[:4096],
+            ref=cmd.id if cmd is not None else ref,
+            cmd=cmd.cmd if cmd is not None else name,
+            data=data or {},
+        )
+        await self._publish(self.topics.robot_events(self.rid), evt.to_json())
+
+    async def _error(self, msg: str) -> None:
+        await self.event("error", msg, level="error")
+
+    async def _updater_event(self, level: str, msg: str) -> None:
+        if level == "error":
+            await self.event("error", msg, level="error")
+        else:
+            await self.event("info", msg)
+
+    async def _publish_status(self, status: ModelStatus) -> None:
+        await self._publish(self.topics.model_status(self.rid), status.to_json())
+
+    # --- camera and inference --------------------------------------------------------------------
+    async def _camera(self) -> None:
+        """Pull frames only while segmenting (the simulator costs CPU); newest frame wins."""
+        while True:
+            frames = aiter(self.source)
+            try:
+                while True:
+                    await self._seg_on.wait()
+                    frame = await anext(frames)
+                    if self.segmenting:
+                        self.mailbox.put(frame)
+            except Exception as exc:  # a broken camera must not end the agent
+                logger.exception("robot %s: camera %s failed", self.rid, self.source.description)
+                await self._error(f"camera {self.source.description} failed: {exc}")
+                await asyncio.sleep(1.0)
+
+    async def _on_result(self, result: FrameResult) -> None:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        if self._last_frame_t is not None:
+            dt = max(t - self._last_frame_t, 1e-6)
+            self.fps = 1.0 / dt if self.fps == 0 else 0.8 * self.fps + 0.2 / dt
+        self._last_frame_t = t
+        rs = self.rs
+        want_preview = rs.preview_fps > 0 and t - self._last_preview >= 1.0 / rs.preview_fps
+        if want_preview:
+            self._last_preview = t
+        try:
+            preview = await asyncio.to_thread(self._keep, result, want_preview)
+        except ArsError as exc:
+            logger.warning("robot %s: frame %s not stored: %s", self.rid, result.frame_id, exc)
+            await self._error(f"frame {result.frame_id} not stored: {exc}")
+            return
+        self.frames += 1
+        if preview is not None:
+            await self.link.publish(self.topics.robot_preview(self.rid), preview, qos=0)
+
+    def _keep(self, result: FrameResult, want_preview: bool) -> bytes | None:
+        """Blocking: store the frame's candidate and, when due, encode its preview."""
+        candidate, crop_png, mask_png = region_parts(result)
+        self.store.add(candidate, crop_png, mask_png)
+        if not want_preview:
+            return None
+        rs = self.rs
+        return preview_payload(
+            result,
+            robot_id=self.rid,
+            width=rs.infer_width,
+            height=rs.infer_height,
+            quality=rs.preview_quality,
+            fps=self.fps,
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(STATE_INTERVAL_S)
+            if self.segmenting and self.link.connected.is_set():
+                await self.publish_state()
+
+    # --- dispatcher ------------------------------------------------------------------------------
+    async def _dispatch(self) -> None:
+        t = self.topics
+        routes: dict[str, Callable[[bytes, str], Awaitable[None]]] = {
+            t.robot_cmd(self.rid): self.commands.on_payload,
+            t.robot_regions_ack(self.rid): self._on_ack,
+            t.model_offer(self.rid): self.updater.on_offer,
+            t.model_chunk(self.rid): self.updater.on_chunk,
+        }
+        async for message in self.link.messages():
+            topic = message.topic.value
+            payload = _payload_bytes(message)
+            if isinstance(self.source, MqttSource) and topic == self.source.topic:
+                self.source.feed(payload)
+                continue
+            handler = routes.get(topic)
+            if handler is None:
+                logger.debug("robot %s: no handler for %s", self.rid, topic)
+                continue
+            try:
+                await handler(payload, topic)
+            except ArsError as exc:
+                logger.warning("robot %s: bad message on %s: %s", self.rid, topic, exc)
+                await self._error(f"bad message on {topic}: {exc}")
+            except Exception as exc:  # a handler bug must not kill the dispatcher
+                logger.exception("robot %s: handler for %s failed", self.rid, topic)
+                await self._error(f"handler for {topic} failed: {exc.__class__.__name__}: {exc}")
+
+    async def _on_ack(self, payload: bytes, topic: str) -> None:
+        ack = parse_json(RegionsAck, payload, where=topic)
+        if ack.robot_id != self.rid:
+            raise ProtocolError(f"{topic}: ack for robot {ack.robot_id!r}")
+        if not self.transfer.on_ack(ack):
+            logger.info("robot %s: ack for transfer %s not awaited", self.rid, ack.transfer_id)
+
+    # --- segmentation ----------------------------------------------------------------------------
+    async def begin_segmentation(self) -> None:
+        self.segmenting = True
+        self.fps = 0.0
+        self._last_frame_t = None
+        self._last_preview = 0.0
+        self._seg_on.set()
+        await self.publish_state()
+
+    async def end_segmentation(self) -> None:
+        """Stop taking frames; returns once the frame in flight (if any) is stored."""
+        self.segmenting = False
+        self._seg_on.clear()
+        self.mailbox.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.worker.idle.wait(), 10.0)
+        await self.publish_state()
