@@ -159,7 +159,7 @@ class MqttLink:
             await asyncio.wait_for(self.connected.wait(), timeout)
         except TimeoutError as exc:
             raise TimeoutError(
-                f"no MQTT connection to {self.settings.url}: {self._last_error}"
+                f"no MQTT connection to {redact(self.settings.url)}: {self._last_error}"
             ) from exc
 
     async def _run(self) -> None:
@@ -180,7 +180,7 @@ class MqttLink:
                     self.connected.set()
                     delay = self.settings.reconnect_min_s
                     logger.info(
-                        "mqtt connected client=%s url=%s", self.client_id, self.settings.url
+                        "mqtt connected client=%s url=%s", self.client_id, redact(self.settings.url)
                     )
                     if self.on_connect is not None:
                         await self.on_connect(self)
