@@ -89,7 +89,10 @@ class ServerAgent:
             on_stored=self.annotation.region_stored,
         )
         self.finetune = FinetuneRunner(
-            self.store, self.outbox, settings.server, base_checkpoint=base_checkpoint
+            self.store,
+            self.outbox,
+            settings.server,
+            base_checkpoint=base_checkpoint or settings.server.base_model,
         )
         extra = {} if transfer_idle_timeout is None else {"idle_timeout": transfer_idle_timeout}
         self.publisher = ModelPublisher(self.store, self.outbox, settings, **extra)

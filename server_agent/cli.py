@@ -54,7 +54,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with ServerAgent(settings, base_checkpoint=settings.server.base_model):
+        async with ServerAgent(settings):
             print(
                 f"server: data {settings.data_dir}, broker {settings.mqtt.url.split('@')[-1]}",
                 flush=True,
