@@ -1,0 +1,226 @@
+"""Checkpoints: a dict of weights and metadata, hashed, written atomically, loaded safely.
+
+Loading uses `torch.load(weights_only=True)` (never pickle of arbitrary objects) and checks
+the stored SHA-256 of the weights, the arch and the class list before building the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import torch
+
+from common.errors import ModelError
+from models.network import ARCHS, SegNet, build_model
+from simulator.palette import CLASS_NAMES
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT: Final = Path(__file__).resolve().parent / "checkpoints" / "base.pt"
+FORMAT: Final = 1
+_REQUIRED: Final = ("weights", "arch", "classes", "version", "metrics", "dtype", "weights_sha256")
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """Everything in a checkpoint except the weights."""
+
+    arch: str
+    classes: tuple[str, ...]
+    version: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    dtype: str = "fp32"
+    weights_sha256: str = ""
+    created: str = ""
+
+
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over name, dtype, shape and raw bytes of every tensor, in sorted key order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(repr(tuple(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _state_for(model: SegNet, dtype: str) -> dict[str, torch.Tensor]:
+    if dtype not in ("fp32", "fp16"):
+        raise ModelError(f"unsupported checkpoint dtype {dtype!r}; expected fp32 or fp16")
+    target = torch.float16 if dtype == "fp16" else torch.float32
+    return {
+        k: (v.detach().cpu().to(target) if v.is_floating_point() else v.detach().cpu()).clone()
+        for k, v in model.state_dict().items()
+    }
+
+
+def _payload(
+    model: SegNet,
+    arch: str,
+    version: str,
+    metrics: Mapping[str, float],
+    dtype: str,
+    classes: Sequence[str],
+) -> tuple[dict[str, Any], CheckpointMeta]:
+    if arch not in ARCHS:
+        raise ModelError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    state = _state_for(model, dtype)
+    meta = CheckpointMeta(
+        arch=arch,
+        classes=tuple(classes),
+        version=version,
+        metrics={k: float(v) for k, v in metrics.items()},
+        dtype=dtype,
+        weights_sha256=weights_sha256(state),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "weights": state,
+        "arch": meta.arch,
+        "classes": list(meta.classes),
+        "version": meta.version,
+        "metrics": meta.metrics,
+        "dtype": meta.dtype,
+        "created": meta.created,
+        "weights_sha256": meta.weights_sha256,
+    }
+    return payload, meta
+
+
+def checkpoint_bytes(
+    model: SegNet,
+    *,
+    arch: str,
+    version: str,
+    metrics: Mapping[str, float] | None = None,
+    dtype: Literal["fp32", "fp16"] = "fp32",
+    classes: Sequence[str] = CLASS_NAMES,
+) -> bytes:
+    """The checkpoint file's bytes, for sending over the wire without touching disk."""
+    payload, _ = _payload(model, arch, version, metrics or {}, dtype, classes)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: SegNet,
+    *,
+    arch: str,
+    version: str,
+    metrics: Mapping[str, float] | None = None,
+    dtype: Literal["fp32", "fp16"] = "fp32",
+    classes: Sequence[str] = CLASS_NAMES,
+) -> CheckpointMeta:
+    """Write a checkpoint atomically: temp file in the same directory, fsync, os.replace."""
+    payload, meta = _payload(model, arch, version, metrics or {}, dtype, classes)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info("saved checkpoint %s (arch %s, version %s, %s)", target, arch, version, dtype)
+    return meta
+
+
+def _read(source: str | Path | bytes | bytearray | memoryview, device: str) -> Any:
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            return torch.load(io.BytesIO(bytes(source)), map_location=device, weights_only=True)
+        return torch.load(Path(source), map_location=device, weights_only=True)
+    except FileNotFoundError as exc:
+        raise ModelError(f"checkpoint not found: {source!s}") from exc
+    except Exception as exc:  # torch raises many types for corrupt or hostile files
+        where = "bytes" if not isinstance(source, str | Path) else str(source)
+        raise ModelError(f"cannot read checkpoint ({where}): {exc}") from exc
+
+
+def _meta_from(
+    raw: Any, expected_arch: str | None, expected_classes: Sequence[str] | None
+) -> CheckpointMeta:
+    if not isinstance(raw, dict):
+        raise ModelError(f"checkpoint is a {type(raw).__name__}, expected a dict")
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise ModelError(f"checkpoint lacks {', '.join(missing)}")
+    arch, classes, weights = raw["arch"], raw["classes"], raw["weights"]
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise ModelError("checkpoint weights are not a mapping of names to tensors")
+    if arch not in ARCHS:
+        raise ModelError(f"checkpoint arch {arch!r} is unknown; expected one of {', '.join(ARCHS)}")
+    if expected_arch is not None and arch != expected_arch:
+        raise ModelError(f"checkpoint arch {arch!r} does not match expected {expected_arch!r}")
+    if not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes):
+        raise ModelError("checkpoint classes are not a list of names")
+    if expected_classes is not None and tuple(classes) != tuple(expected_classes):
+        raise ModelError(
+            f"checkpoint has {len(classes)} classes that differ from the expected "
+            f"{len(expected_classes)} ({', '.join(classes[:3])}...)"
+        )
+    metrics = raw["metrics"]
+    if not isinstance(metrics, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) for k, v in metrics.items()
+    ):
+        raise ModelError("checkpoint metrics are not a mapping of names to numbers")
+    if raw["dtype"] not in ("fp32", "fp16"):
+        raise ModelError(f"checkpoint dtype {raw['dtype']!r} is not fp32 or fp16")
+    return CheckpointMeta(
+        arch=arch,
+        classes=tuple(classes),
+        version=str(raw["version"]),
+        metrics={k: float(v) for k, v in metrics.items()},
+        dtype=raw["dtype"],
+        weights_sha256=str(raw["weights_sha256"]),
+        created=str(raw.get("created", "")),
+    )
+
+
+def load_checkpoint(
+    source: str | Path | bytes | bytearray | memoryview,
+    *,
+    expected_arch: str | None = None,
+    device: str = "cpu",
+    expected_classes: Sequence[str] | None = CLASS_NAMES,
+) -> tuple[SegNet, CheckpointMeta]:
+    """Load, verify and build: returns an fp32 model in eval mode and its metadata.
+
+    Raises ModelError for anything wrong: unreadable or truncated file, missing fields, wrong
+    arch or classes, weights whose SHA-256 differs from the stored one, shape mismatches.
+    """
+    raw = _read(source, device)
+    meta = _meta_from(raw, expected_arch, expected_classes)
+    weights: dict[str, torch.Tensor] = raw["weights"]
+    actual = weights_sha256(weights)
+    if actual != meta.weights_sha256:
+        raise ModelError(
+            f"checkpoint weights sha256 {actual[:12]}... != stored {meta.weights_sha256[:12]}..."
+        )
+    model = build_model(meta.arch, num_classes=len(meta.classes))
+    try:
+        model.load_state_dict(weights, strict=True)  # copy_ casts fp16 back to fp32
+    except RuntimeError as exc:
+        raise ModelError(f"checkpoint weights do not fit arch {meta.arch!r}: {exc}") from exc
+    model.float().to(device).eval()
+    return model, meta

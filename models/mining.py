@@ -1,0 +1,88 @@
+"""Hardest-region mining: the window of highest mean entropy, mapped back to frame pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.entropy import frame_score, normalized_entropy
+
+
+@dataclass(frozen=True)
+class MiningResult:
+    """Frame score, its mean entropy and the hardest box (x, y, w, h) in frame pixels."""
+
+    score: float
+    mean_entropy: float
+    box: tuple[int, int, int, int]
+    region_entropy: float
+
+
+def _check(entropy: np.ndarray, win_h: int, win_w: int) -> tuple[int, int]:
+    if entropy.ndim != 2 or entropy.size == 0:
+        raise ValueError(f"expected a non-empty HxW map, got shape {entropy.shape}")
+    h, w = entropy.shape
+    return min(max(1, int(win_h)), h), min(max(1, int(win_w)), w)
+
+
+def hardest_window(entropy: np.ndarray, win_h: int, win_w: int) -> tuple[int, int, float]:
+    """(y, x, mean) of the win_h x win_w window with the highest mean, via a summed-area table.
+
+    O(H*W) instead of the paper's average pool over every position; same answer (first
+    maximum in row-major order). Windows larger than the map are clamped to it.
+    """
+    wh, ww = _check(entropy, win_h, win_w)
+    sat = np.zeros((entropy.shape[0] + 1, entropy.shape[1] + 1), dtype=np.float64)
+    sat[1:, 1:] = entropy.astype(np.float64).cumsum(0).cumsum(1)
+    sums = sat[wh:, ww:] - sat[:-wh, ww:] - sat[wh:, :-ww] + sat[:-wh, :-ww]
+    y, x = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return int(y), int(x), float(sums[y, x] / (wh * ww))
+
+
+def hardest_window_reference(entropy: np.ndarray, win_h: int, win_w: int) -> tuple[int, int, float]:
+    """The paper's way: average-pool with stride 1 over every position, take the maximum."""
+    wh, ww = _check(entropy, win_h, win_w)
+    t = torch.from_numpy(entropy.astype(np.float64))[None, None]
+    pooled = F.avg_pool2d(t, (wh, ww), stride=1)[0, 0]
+    idx = int(torch.argmax(pooled))
+    y, x = divmod(idx, pooled.shape[1])
+    return y, x, float(pooled[y, x])
+
+
+def _place(start_low: int, win_low: int, low: int, full: int, size: int) -> int:
+    """Centre a `size`-pixel box on the low-res window's centre, clamped inside the frame."""
+    centre = (start_low + win_low / 2.0) * full / low
+    return min(max(0, round(centre - size / 2.0)), full - size)
+
+
+def mine(
+    lowres_logits: torch.Tensor, frame_hw: tuple[int, int], region_frac: float = 0.5
+) -> MiningResult:
+    """Score a frame and find its hardest region from the low-resolution logits (CxhXw)."""
+    if not 0.0 < region_frac <= 1.0:
+        raise ValueError(f"region_frac must be in (0, 1], got {region_frac}")
+    entropy = normalized_entropy(lowres_logits)
+    pred = lowres_logits.argmax(0).cpu().numpy()
+    low_h, low_w = entropy.shape
+    frame_h, frame_w = frame_hw
+    win_h, win_w = _check(
+        entropy, max(1, round(region_frac * low_h)), max(1, round(region_frac * low_w))
+    )
+    y, x, region = hardest_window(entropy, win_h, win_w)
+    box_w = min(max(1, round(region_frac * frame_w)), frame_w)
+    box_h = min(max(1, round(region_frac * frame_h)), frame_h)
+    box = (
+        _place(x, win_w, low_w, frame_w, box_w),
+        _place(y, win_h, low_h, frame_h, box_h),
+        box_w,
+        box_h,
+    )
+    return MiningResult(
+        score=frame_score(entropy, pred),
+        mean_entropy=float(entropy.mean(dtype=np.float64)),
+        box=box,
+        region_entropy=region,
+    )

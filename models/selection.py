@@ -1,0 +1,91 @@
+"""Which frames' regions go to the annotator: the pure selection rules, in one place.
+
+The robot's Transfer Data and the label-efficiency benchmark both call these, so the rule
+measured is the rule deployed. Every rule returns exactly ``budget_count(ratio, n)`` indices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "budget_count",
+    "random_window",
+    "select_diverse",
+    "select_random",
+    "select_top",
+]
+
+# ceil(0.2 * 5) must be 1, not 2: 0.2 * 5 is 1.0000000000000002 in floating point.
+_EPS = 1e-9
+
+
+def budget_count(ratio: float, n: int) -> int:
+    """ceil(ratio * n): how many of n frames a selection of `ratio` takes."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return min(n, math.ceil(ratio * n - _EPS))
+
+
+def select_top(scores: Sequence[float], ratio: float) -> list[int]:
+    """The robot's rule: the ceil(ratio * n) highest scores, hardest first.
+
+    Ties keep input order (a stable sort), so callers that pass frames oldest first get the
+    older frame on a tie.
+    """
+    k = budget_count(ratio, len(scores))
+    return sorted(range(len(scores)), key=lambda i: -float(scores[i]))[:k]
+
+
+def select_random(n: int, ratio: float, rng: np.random.Generator) -> list[int]:
+    """ceil(ratio * n) distinct frames drawn uniformly: the baseline at the same budget."""
+    k = budget_count(ratio, n)
+    return [int(i) for i in rng.choice(n, size=k, replace=False)]
+
+
+def select_diverse(
+    scores: Sequence[float],
+    ratio: float,
+    positions: Sequence[float] | None = None,
+    min_gap: float = 2.0,
+) -> list[int]:
+    """Hardest first, skipping frames closer than `min_gap` to one already taken.
+
+    Consecutive frames of a drive show the same stretch of road, so the plain top-k spends
+    much of its budget on near-duplicates. `positions` (frame index or timestamp; default the
+    input order) says how far apart two frames are. When the gaps leave fewer than the
+    budget, the skipped frames fill it, hardest first: the count is always ceil(ratio * n).
+    min_gap 0 (or below 1 with integer positions) is `select_top`.
+    """
+    k = budget_count(ratio, len(scores))
+    pos = np.asarray(positions if positions is not None else range(len(scores)), dtype=np.float64)
+    if pos.shape != (len(scores),):
+        raise ValueError(f"{len(pos)} positions for {len(scores)} scores")
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    taken: list[int] = []
+    skipped: list[int] = []
+    for i in order:
+        if len(taken) == k:
+            break
+        if taken and float(np.min(np.abs(pos[taken] - pos[i]))) < min_gap:
+            skipped.append(i)
+        else:
+            taken.append(i)
+    taken += skipped[: k - len(taken)]
+    return taken
+
+
+def random_window(
+    frame_hw: tuple[int, int], win_hw: tuple[int, int], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """A uniformly placed (x, y, w, h) window of `win_hw` (clamped) inside the frame."""
+    fh, fw = frame_hw
+    h, w = min(max(1, win_hw[0]), fh), min(max(1, win_hw[1]), fw)
+    x = int(rng.integers(0, fw - w + 1))
+    y = int(rng.integers(0, fh - h + 1))
+    return x, y, w, h

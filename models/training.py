@@ -1,0 +1,319 @@
+"""Fine-tuning (the paper's recipe), pretraining from scratch and evaluation.
+
+Everything here blocks: callers run it in a worker thread (`asyncio.to_thread`). Cancellation
+is cooperative through `should_stop`, checked before every iteration.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.data import (
+    INFER_HW,
+    POOL_SEEDS,
+    LabeledSample,
+    heldout_set,
+    render_samples,
+    source_replay_set,
+)
+from models.metrics import confusion_matrix, miou
+from models.network import MEAN, STD, SegNet, build_model
+from models.seeding import seed_everything
+from models.transforms import random_pair, to_tensors
+from simulator.palette import IGNORE
+
+__all__ = [
+    "LabeledSample",
+    "TrainProgress",
+    "TrainResult",
+    "class_weights",
+    "evaluate",
+    "finetune",
+    "heldout_set",
+    "pretrain",
+    "source_replay_set",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One iteration done: for progress bars and progress events."""
+
+    iteration: int
+    iterations: int
+    loss: float
+    lr: float
+    elapsed_s: float
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Loss per iteration done; cancelled=True when should_stop ended the run early."""
+
+    losses: list[float]
+    iterations_done: int
+    cancelled: bool
+    seconds: float
+
+
+ProgressFn = Callable[[TrainProgress], None]
+StopFn = Callable[[], bool]
+
+
+class _Pool:
+    """Samples as tensors (uint8 in memory), drawn with paired augmentation into batches."""
+
+    def __init__(self, samples: Sequence[LabeledSample]) -> None:
+        self.items = [to_tensors(s.image, s.label) for s in samples]
+        self.mean = torch.tensor(MEAN).view(3, 1, 1)
+        self.std = torch.tensor(STD).view(3, 1, 1)
+
+    def draw(
+        self,
+        n: int,
+        rng: np.random.Generator,
+        crop: tuple[int, int],
+        scale: tuple[float, float],
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        out = []
+        for i in rng.integers(0, len(self.items), size=n):
+            img, lbl = self.items[int(i)]
+            x = (img.float() / 255.0 - self.mean) / self.std
+            out.append(random_pair(x, lbl.long(), crop, rng, scale=scale))
+        return out
+
+
+def _stack(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy over labelled pixels (255 ignored); zero, not NaN, when none are labelled."""
+    total = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE, reduction="sum")
+    valid = target != IGNORE
+    denom = weight[target[valid]].sum() if weight is not None else valid.sum()
+    return total / denom.clamp(min=1e-6)
+
+
+def _poly(base_lr: float, i: int, total: int, power: float = 0.9) -> float:
+    return float(base_lr * (1.0 - min(i, total) / max(1, total)) ** power)
+
+
+def _freeze_bn(model: nn.Module) -> None:
+    """Keep BatchNorm statistics fixed: small, mostly-ignore batches would corrupt them."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def finetune(
+    model: SegNet,
+    samples: Sequence[LabeledSample],
+    replay: Sequence[LabeledSample],
+    *,
+    iterations: int = 100,
+    lr: float = 2.5e-4,
+    batch_size: int = 4,
+    replay_share: float = 0.5,
+    seed: int = 0,
+    size: tuple[int, int] = INFER_HW,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> TrainResult:
+    """Fine-tune `model` in place: SGD momentum 0.9, poly lr, new regions mixed with replay.
+
+    Each batch holds round(batch_size * replay_share) replay samples (when any are given) and
+    the rest new-domain samples. Samples are cropped/padded to `size` with random flips.
+    BatchNorm statistics stay frozen. Returns cancelled=True (no exception) when stopped.
+    """
+    if not samples:
+        raise ValueError("finetune needs at least one labelled sample")
+    rng = seed_everything(seed)
+    new_pool, old_pool = _Pool(samples), _Pool(replay)
+    n_old = min(batch_size - 1, round(batch_size * replay_share)) if replay else 0
+    n_new = batch_size - n_old
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    losses: list[float] = []
+    start = time.monotonic()
+    cancelled = False
+    model.train()
+    _freeze_bn(model)
+    try:
+        for i in range(iterations):
+            if should_stop is not None and should_stop():
+                cancelled = True
+                break
+            cur_lr = _poly(lr, i, iterations)
+            for group in opt.param_groups:
+                group["lr"] = cur_lr
+            pairs = new_pool.draw(n_new, rng, size, (1.0, 1.0))
+            pairs += old_pool.draw(n_old, rng, size, (1.0, 1.0)) if n_old else []
+            x, y = _stack(pairs)
+            loss = _loss(model(x), y, None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                elapsed = time.monotonic() - start
+                progress(
+                    TrainProgress(
+                        iteration=i + 1,
+                        iterations=iterations,
+                        loss=losses[-1],
+                        lr=cur_lr,
+                        elapsed_s=elapsed,
+                        eta_s=elapsed / (i + 1) * (iterations - i - 1),
+                    )
+                )
+    finally:
+        model.eval()
+    seconds = time.monotonic() - start
+    logger.info(
+        "finetune: %d/%d iterations in %.1f s (cancelled=%s)",
+        len(losses),
+        iterations,
+        seconds,
+        cancelled,
+    )
+    return TrainResult(losses, len(losses), cancelled, seconds)
+
+
+def evaluate(
+    model: SegNet,
+    samples: Sequence[LabeledSample],
+    size: tuple[int, int] | None = None,
+    batch_size: int = 8,
+) -> float:
+    """mIoU (0..1, nanmean over classes present) of `model` on labelled samples.
+
+    Inference at `size` (or each sample's own size); predictions are upsampled back to the
+    label's size before the confusion matrix, as the robot's masks are.
+    """
+    num_classes = int(getattr(model.classifier, "low_classifier").out_channels)  # noqa: B009
+    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    try:
+        with torch.inference_mode():
+            for b in range(0, len(samples), batch_size):
+                chunk = samples[b : b + batch_size]
+                shapes = {s.image.shape for s in chunk}
+                groups = [chunk] if len(shapes) == 1 else [[s] for s in chunk]
+                for group in groups:
+                    h, w = group[0].label.shape
+                    x = torch.from_numpy(np.stack([s.image for s in group])).permute(0, 3, 1, 2)
+                    x = (x.float() / 255.0 - mean) / std
+                    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+                        x = F.interpolate(
+                            x, size=size, mode="bilinear", align_corners=False, antialias=True
+                        )
+                    low = model.forward_lowres(x)
+                    up = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+                    pred = up.argmax(1).numpy()
+                    for p, s in zip(pred, group, strict=True):
+                        conf += confusion_matrix(p, s.label, num_classes, IGNORE)
+    finally:
+        model.train(was_training)
+    return miou(conf)
+
+
+def class_weights(
+    samples: Sequence[LabeledSample], num_classes: int, power: float = 0.5
+) -> torch.Tensor:
+    """(median frequency / frequency) ** power, clipped to [0.25, 5]; helps thin classes."""
+    counts = np.zeros(num_classes, dtype=np.float64)
+    for s in samples:
+        lbl = s.label[s.label != IGNORE]
+        counts += np.bincount(lbl.ravel(), minlength=num_classes)[:num_classes]
+    freq = counts / max(1.0, counts.sum())
+    present = freq > 0
+    w = np.ones(num_classes)
+    if present.any():
+        w[present] = (np.median(freq[present]) / freq[present]) ** power
+    return torch.tensor(np.clip(w, 0.25, 5.0), dtype=torch.float32)
+
+
+def _warm_poly(base_lr: float, frac: float, warm: float = 0.05) -> float:
+    """Linear warm-up over the first `warm` of training, then poly decay to zero."""
+    if frac < warm:
+        return base_lr * max(frac / warm, 0.01)
+    return float(base_lr * (1.0 - min(1.0, (frac - warm) / (1.0 - warm))) ** 0.9)
+
+
+def pretrain(
+    arch: str = "lraspp_mbv3_large",
+    *,
+    steps: int = 2000,
+    batch_size: int = 12,
+    lr: float = 2e-3,
+    size: tuple[int, int] = INFER_HW,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    pool_size: int = 600,
+    crop: tuple[int, int] | None = None,
+    time_budget_s: float | None = None,
+    should_stop: StopFn | None = None,
+    init: SegNet | None = None,
+) -> SegNet:
+    """Train a network from scratch on urban simulator frames (the source domain).
+
+    A pool of `pool_size` frames is rendered once at the inference `size` and reused with
+    random scale (0.75-1.5), crop and flip. AdamW with warm-up then poly decay, and
+    sqrt-median-frequency class weights so thin classes (poles, signs, people) are learnt.
+    With `time_budget_s` the schedule runs on max(step fraction, time fraction), so on a
+    shared, unevenly loaded CPU the run still ends on time with a fully decayed lr.
+    `init` continues training a given model (of `arch`) instead of a fresh one.
+    """
+    rng = seed_everything(seed)
+    start_seed = POOL_SEEDS + (seed % 10) * 100_000
+    t0 = time.monotonic()
+    pool_samples = render_samples("urban", range(start_seed, start_seed + pool_size), size)
+    logger.info("pretrain: rendered %d frames in %.1f s", pool_size, time.monotonic() - t0)
+    model = init if init is not None else build_model(arch)
+    num_classes = int(getattr(model.classifier, "low_classifier").out_channels)  # noqa: B009
+    weight = class_weights(pool_samples, num_classes)
+    pool = _Pool(pool_samples)
+    crop_hw = crop or size
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    model.train()
+    start = time.monotonic()
+    for i in range(steps):
+        elapsed = time.monotonic() - start
+        frac = i / steps
+        if time_budget_s:
+            frac = max(frac, elapsed / time_budget_s)
+        if frac >= 1.0 or (should_stop is not None and should_stop()):
+            logger.info("pretrain: stopped after %d of %d steps, %.0f s", i, steps, elapsed)
+            break
+        cur_lr = _warm_poly(lr, frac)
+        for group in opt.param_groups:
+            group["lr"] = cur_lr
+        x, y = _stack(pool.draw(batch_size, rng, crop_hw, (0.75, 1.5)))
+        loss = _loss(model(x), y, weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"pretrain loss became {value} at step {i}")
+        if progress is not None:
+            elapsed = time.monotonic() - start
+            eta = elapsed / max(frac, 1e-9) - elapsed if frac > 0 else 0.0
+            progress(TrainProgress(i + 1, steps, value, cur_lr, elapsed, eta))
+    model.eval()
+    return model

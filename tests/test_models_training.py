@@ -1,0 +1,146 @@
+"""Fine-tuning, cancellation, evaluation and the simulator-backed sets, on the tiny net."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.network import build_model, predict
+from models.training import (
+    LabeledSample,
+    TrainProgress,
+    class_weights,
+    evaluate,
+    finetune,
+    heldout_set,
+    source_replay_set,
+)
+
+COLOURS = {0: (200, 40, 40), 1: (40, 200, 40), 2: (40, 40, 200)}
+
+
+def _colour_samples(n: int, seed: int, hw: tuple[int, int] = (32, 48)) -> list[LabeledSample]:
+    """A trivially learnable set: the class is the colour, split at a random column."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.choice(3, size=2, replace=False)
+        cut = int(rng.integers(8, hw[1] - 8))
+        label = np.full(hw, a, dtype=np.uint8)
+        label[:, cut:] = b
+        image = np.zeros((*hw, 3), dtype=np.uint8)
+        for cls, rgb in COLOURS.items():
+            image[label == cls] = rgb
+        out.append(LabeledSample(image=image, label=label))
+    return out
+
+
+def test_finetune_reduces_loss_and_mixes_replay() -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    new = _colour_samples(8, seed=1)
+    # the region sample: only the left half is labelled, the rest is ignore
+    for s in new:
+        s.label[:, 24:] = 255
+    replay = _colour_samples(8, seed=2)
+    seen: list[TrainProgress] = []
+    result = finetune(
+        model,
+        new,
+        replay,
+        iterations=40,
+        lr=0.05,
+        batch_size=4,
+        size=(32, 48),
+        progress=seen.append,
+    )
+    assert not result.cancelled and result.iterations_done == 40
+    assert len(result.losses) == 40 and all(np.isfinite(result.losses))
+    assert np.mean(result.losses[-5:]) < 0.5 * np.mean(result.losses[:5])
+    assert [p.iteration for p in seen] == list(range(1, 41))
+    assert seen[0].lr == pytest.approx(0.05) and seen[-1].lr < 0.01  # poly schedule
+    assert seen[-1].eta_s == 0.0
+    assert not model.training
+    assert evaluate(model, _colour_samples(6, seed=9)) > 0.8
+
+
+def test_finetune_cancel_returns_early_without_raising() -> None:
+    model = build_model("tiny")
+    calls = 0
+
+    def stop() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > 3
+
+    result = finetune(
+        model, _colour_samples(4, 0), [], iterations=50, size=(32, 48), should_stop=stop
+    )
+    assert result.cancelled
+    assert result.iterations_done == 3 and len(result.losses) == 3
+    assert not model.training
+
+
+def test_finetune_keeps_batchnorm_statistics() -> None:
+    model = build_model("tiny")
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    finetune(model, _colour_samples(4, 0), [], iterations=3, size=(32, 48))
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_finetune_needs_samples() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        finetune(build_model("tiny"), [], _colour_samples(2, 0))
+
+
+def test_evaluate_is_one_on_the_models_own_predictions() -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(3):
+        img = rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)
+        samples.append(LabeledSample(img, predict(model, img).mask))
+    assert evaluate(model, samples) == pytest.approx(1.0)
+    wrong = [LabeledSample(s.image, (s.label + 1) % 19) for s in samples]
+    assert evaluate(model, wrong) == pytest.approx(0.0)
+
+
+def test_class_weights_favour_rare_classes() -> None:
+    label = np.zeros((10, 10), dtype=np.uint8)
+    label[0, :2] = 5  # 2 pixels of pole
+    label[1:, :] = 8
+    w = class_weights([LabeledSample(np.zeros((10, 10, 3), np.uint8), label)], 19)
+    assert w[5] > w[0] > w[8]
+    assert float(w.min()) >= 0.25 and float(w.max()) <= 5.0
+
+
+def test_simulator_sets_are_resized_and_disjoint() -> None:
+    urban = heldout_set("urban", 2, seed=0, size=(60, 80))
+    replay = source_replay_set(2, seed=0, size=(60, 80))
+    assert urban[0].image.shape == (60, 80, 3) and urban[0].label.shape == (60, 80)
+    assert set(np.unique(urban[0].label).tolist()) <= {*range(19), 255}
+    assert not np.array_equal(urban[0].image, replay[0].image)
+    with pytest.raises(ValueError, match="domain"):
+        heldout_set("desert", 1)
+
+
+def test_pretrain_stops_on_its_time_budget() -> None:
+    from models.training import pretrain
+
+    seen: list[TrainProgress] = []
+    model = pretrain(
+        "tiny",
+        steps=10_000,
+        batch_size=2,
+        size=(48, 64),
+        pool_size=2,
+        time_budget_s=1.5,
+        progress=seen.append,
+    )
+    assert 0 < len(seen) < 10_000
+    assert seen[-1].elapsed_s < 3.0
+    assert seen[-1].lr < 0.2 * 2e-3  # the schedule decayed with time, not steps
+    assert not model.training
