@@ -554,7 +554,9 @@ export class Editor {
   key(e) {
     if (!this.isOpen || !this.current) return;
     const tag = e.target && e.target.tagName;
-    if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA") return;
+    // sliders and checkboxes keep the shortcuts; only text entry swallows them
+    const textInput = tag === "INPUT" && !["range", "checkbox", "button"].includes(e.target.type);
+    if (textInput || tag === "SELECT" || tag === "TEXTAREA") return;
     const k = e.key.toLowerCase();
     if ((e.ctrlKey || e.metaKey) && k === "z") {
       e.preventDefault();
