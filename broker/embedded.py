@@ -1,4 +1,9 @@
-"""The embedded amqtt broker as an async context manager (``ars broker``, ``ars up``, tests)."""
+"""The embedded amqtt broker as an async context manager (``ars broker``, ``ars up``, tests).
+
+It runs ``HardenedBroker``: amqtt 0.12.1 plus per-connection guards (packet size before reading,
+prompt refusal of MQTT 5, CONNECT and keepalive timeouts, bounded subscriber backlogs, QoS
+never upgraded, connection limit that refuses instead of parking). See docs/security.md.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from amqtt.broker import Broker
-
+from broker.framing import packet_limit
+from broker.guards import GuardLimits, GuardStats
+from broker.hardened import HardenedBroker
 from common.config import BrokerSettings
 from common.errors import ConfigError
 
@@ -51,26 +57,45 @@ def broker_config(
     }
 
 
+def guard_limits(settings: BrokerSettings) -> GuardLimits:
+    """Guard limits from the settings: packets up to ``max_payload_bytes`` plus header room."""
+    return GuardLimits(
+        max_packet_bytes=packet_limit(settings.max_payload_bytes),
+        backlog_bytes=max(32 * 1024 * 1024, 8 * settings.max_payload_bytes),
+    )
+
+
 class EmbeddedBroker:
-    """Starts amqtt on enter, shuts it down on exit; ``port`` 0 picks a free port."""
+    """Starts amqtt on enter, shuts it down on exit; ``port`` 0 picks a free port.
+
+    ``limits`` overrides the guard limits derived from ``settings`` (tests use small ones).
+    """
 
     def __init__(
-        self, settings: BrokerSettings, *, password_file: Path | None = None, prefix: str = "ars"
+        self,
+        settings: BrokerSettings,
+        *,
+        password_file: Path | None = None,
+        prefix: str = "ars",
+        limits: GuardLimits | None = None,
     ) -> None:
         self.settings = settings
+        self.limits = limits or guard_limits(settings)
         self.port = settings.port or free_port(settings.host)
         self.password_file = password_file or settings.password_file
         self._config = broker_config(
             settings, port=self.port, password_file=self.password_file, prefix=prefix
         )
-        self._broker: Broker | None = None
+        self._broker: HardenedBroker | None = None
+        self.stats = GuardStats()
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.settings.host}:{self.port}"
 
     async def __aenter__(self) -> Self:
-        self._broker = Broker(self._config)
+        self._broker = HardenedBroker(self._config, self.limits)
+        self.stats = self._broker.stats
         await self._broker.start()
         logger.info("embedded broker listening on %s:%d", self.settings.host, self.port)
         return self

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from broker.credentials import ADMIN_USERS, Credentials
+from broker.framing import packet_limit
 from broker.plugins import ROBOT_PUBLISH_LEAVES
 from common.errors import ConfigError
 
@@ -34,10 +35,25 @@ def write_mosquitto_config(
     port: int,
     host: str = "127.0.0.1",
     prefix: str = "ars",
-    max_packet_bytes: int = 2 * 1024 * 1024,
+    max_packet_bytes: int = packet_limit(2 * 1024 * 1024) + 5,
     run_as: str | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_ca: Path | None = None,
 ) -> Path:
-    """Write mosquitto.conf, passwd (hashed by mosquitto_passwd) and acl; return the conf path."""
+    """Write mosquitto.conf, passwd (hashed by mosquitto_passwd) and acl; return the conf path.
+
+    ``max_packet_bytes`` is a whole packet: the embedded broker's payload limit plus topic and
+    header room. With ``tls_cert`` and ``tls_key`` the listener speaks TLS 1.2+ only (clients
+    use ``mqtts://``); with ``tls_ca`` as well, clients must present a certificate it signed.
+    """
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("mosquitto TLS needs both tls_cert and tls_key")
+    tls_lines: list[str] = []
+    if tls_cert is not None and tls_key is not None:
+        tls_lines = [f"certfile {tls_cert}", f"keyfile {tls_key}", "tls_version tlsv1.2"]
+        if tls_ca is not None:
+            tls_lines += [f"cafile {tls_ca}", "require_certificate true"]
     tool = shutil.which("mosquitto_passwd")
     if tool is None:
         raise ConfigError("mosquitto_passwd not found: apt-get install -y mosquitto")
@@ -55,6 +71,7 @@ def write_mosquitto_config(
             [
                 "per_listener_settings false",
                 f"listener {port} {host}",
+                *tls_lines,
                 "allow_anonymous false",
                 f"password_file {passwd}",
                 f"acl_file {acl}",

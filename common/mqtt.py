@@ -112,6 +112,10 @@ def make_client(
 
 OnConnect = Callable[["MqttLink"], Awaitable[None]]
 
+#: Longest wait for one PUBACK before the publish is retried (a retry may duplicate: handlers
+#: are idempotent by id).
+PUBLISH_ATTEMPT_S = 5.0
+
 
 class MqttLink:
     """A reconnecting MQTT connection with subscriptions restored on every connect."""
@@ -136,6 +140,7 @@ class MqttLink:
         self.connected = asyncio.Event()
         self.connections = 0
         self._client: aiomqtt.Client | None = None
+        self._down: asyncio.Event | None = None
         self._queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
         self._first_attempt = asyncio.Event()
@@ -173,6 +178,7 @@ class MqttLink:
             )
             try:
                 async with client:
+                    self._down = asyncio.Event()
                     self._client = client
                     for topic, qos in self.subscriptions:
                         await client.subscribe(topic, qos)
@@ -192,6 +198,8 @@ class MqttLink:
             finally:
                 self.connected.clear()
                 self._client = None
+                if self._down is not None:
+                    self._down.set()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max_s)
 
@@ -226,20 +234,38 @@ class MqttLink:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            client = self._client
-            if client is None or not self.connected.is_set():
+            client, down = self._client, self._down
+            if client is None or down is None or not self.connected.is_set():
                 if qos == 0:
                     return False
                 remaining = None if deadline is None else max(0.0, deadline - loop.time())
                 await self.wait_connected(remaining)
                 continue
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            attempt = None if remaining is None else min(remaining, PUBLISH_ATTEMPT_S)
+            # aiomqtt never fails a publish whose connection died before the PUBACK: race the
+            # publish against the link going down, and retry on the next connection.
+            send = asyncio.ensure_future(
+                client.publish(topic, payload, qos=qos, retain=retain, timeout=attempt)
+            )
+            lost = asyncio.ensure_future(down.wait())
             try:
-                await client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
+                await asyncio.wait({send, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                lost.cancel()
+            if send.done() and not send.cancelled() and send.exception() is None:
                 return True
-            except aiomqtt.MqttError as exc:
-                if qos == 0:
-                    return False
-                if deadline is not None and loop.time() >= deadline:
-                    raise TimeoutError(f"publish to {topic} failed: {exc}") from exc
-                self.connected.clear()
-                await asyncio.sleep(0.05)
+            error: BaseException | None = None
+            if send.done() and not send.cancelled():
+                error = send.exception()
+            else:
+                send.cancel()
+                await asyncio.gather(send, return_exceptions=True)
+                error = ConnectionError("connection lost before the broker acknowledged")
+            if qos == 0:
+                return False
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(f"publish to {topic} failed: {error}") from error
+            if not isinstance(error, aiomqtt.MqttError | ConnectionError):
+                raise error  # type: ignore[misc]
+            await asyncio.sleep(0.05)
