@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from amqtt.broker import Broker
@@ -33,11 +34,24 @@ from broker.guards import (
 logger = logging.getLogger(__name__)
 
 
+class _SnapshotDict(dict[str, list[tuple[Any, int]]]):
+    """amqtt iterates its subscription table across awaits (``_run_broadcast``, retained
+    messages on connect); a concurrent (un)subscribe then raised "dictionary changed size during
+    iteration" and that message was lost for the remaining subscribers. Iterate over snapshots."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+    def items(self) -> list[tuple[str, list[tuple[Any, int]]]]:  # type: ignore[override]
+        return list(super().items())
+
+
 class HardenedBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """An amqtt broker whose connections pass through the guards in ``broker.guards``."""
 
     def __init__(self, config: dict[str, Any], limits: GuardLimits) -> None:
         super().__init__(config)
+        self._subscriptions = _SnapshotDict()
         self.limits = limits
         self.stats = GuardStats()
 
