@@ -78,7 +78,7 @@ def decode(
         header = json.loads(
             bytes(payload[start : start + hlen]).decode("utf-8"), parse_constant=_reject_constant
         )
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError(f"envelope header is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise ProtocolError("envelope header must be a JSON object")

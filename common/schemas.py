@@ -315,7 +315,7 @@ def parse_json(
         raise PayloadTooLarge(f"{where or model.__name__}: payload {size} bytes, limit {max_bytes}")
     try:
         data = json.loads(payload, parse_constant=_no_nan)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting too
         raise ProtocolError(f"{where or model.__name__}: invalid JSON: {exc}") from exc
     return validate(model, data, where=where)
 

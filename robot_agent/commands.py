@@ -29,7 +29,7 @@ SEEN_COMMANDS = 256
 
 def command_id(payload: bytes) -> str | None:
     """The id of an invalid command, when one can be read, so the rejection can refer to it."""
-    with contextlib.suppress(ValueError, UnicodeDecodeError):
+    with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
         data = json.loads(payload)
         if isinstance(data, dict) and is_safe_id(data.get("id")):
             return str(data["id"])

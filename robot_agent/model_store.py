@@ -89,8 +89,18 @@ class ModelFiles:
         for path, slot in ((self.current, "current"), (self.previous, "previous")):
             if not path.exists():
                 continue
+            recorded = self._recorded_sha(slot)
+            accepted = {recorded} if recorded else set()
+            if slot == "previous" and recorded:
+                # an install cut short after moving current.pt to previous.pt, before the
+                # pointer was rewritten: the file is the pointer's "current" (the last good one)
+                accepted.add(self._recorded_sha("current") or recorded)
             try:
-                loaded = load_verified(path, device, self._recorded_sha(slot))
+                loaded = load_verified(path, device)
+                if accepted and loaded.sha256 not in accepted:
+                    raise ModelError(
+                        f"checkpoint {path}: SHA-256 {loaded.sha256[:12]}... is not recorded"
+                    )
             except ModelError as exc:
                 logger.warning("robot model %s is not usable: %s", path, exc)
                 errors.append(f"{path.name}: {exc}")

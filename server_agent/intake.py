@@ -88,6 +88,10 @@ class RegionIntake:
             if len(env.parts) != 2:
                 raise ProtocolError(f"region needs 2 parts (crop, mask), got {len(env.parts)}")
             await self._store(header, env.parts[0], env.parts[1])
+        except StorageError as exc:
+            # the server's disk, not the region: left out of the ack, so the robot keeps it
+            # unsent and sends it again with its next transfer (rejected ids it deletes)
+            raise StorageError(f"region {header.region_id} not stored: {exc}") from exc
         except ArsError as exc:
             self._refuse(header.transfer_id, header.region_id, str(exc))
             raise ProtocolError(f"region {header.region_id} refused: {exc}") from exc

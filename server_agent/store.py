@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -222,21 +223,27 @@ class Store:
             write_atomic(folder / "crop.png", crop_png)
             write_atomic(folder / "pred.png", mask_png)
         except OSError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
             raise StorageError(f"cannot write region {header.region_id}: {exc}") from exc
-        with self._tx() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO regions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    header.region_id,
-                    header.robot_id,
-                    header.transfer_id,
-                    header.frame_id,
-                    header.score,
-                    header.model_dump_json(),
-                    time.time(),
-                ),
-            )
-            return cur.rowcount == 1
+        try:
+            with self._tx() as db:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO regions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        header.region_id,
+                        header.robot_id,
+                        header.transfer_id,
+                        header.frame_id,
+                        header.score,
+                        header.model_dump_json(),
+                        time.time(),
+                    ),
+                )
+                return cur.rowcount == 1
+        except StorageError:
+            # no row (e.g. disk full): no orphan files either; the robot sends it again
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
 
     def region_owner(self, region_id: str) -> str | None:
         rows = self._query("SELECT robot_id FROM regions WHERE region_id = ?", (region_id,))

@@ -63,7 +63,7 @@ class BrowserSession:
         try:
             try:
                 msg = json.loads(data)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # deep nesting too
                 raise ProtocolError(f"message is not JSON: {exc}") from exc
             if not isinstance(msg, dict):
                 raise ProtocolError("message must be a JSON object")
