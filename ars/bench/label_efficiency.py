@@ -1,0 +1,370 @@
+"""``ars bench label-efficiency``: how much of full supervision 5% of the pixels buys.
+
+One rural Drive is mined exactly as the robot mines it (low-resolution logits at the robot's
+inference size, ``models.mining.mine``), regions become training samples by the server's rule
+(``server_agent.samples``), labels come from the oracle annotator, and every row fine-tunes a
+fresh copy of the base model with the server's recipe (``models.training.finetune``, same
+iterations, optimizer, replay and seed), then is evaluated on held-out rural and urban frames
+of seeds disjoint from the drive's. Rows:
+
+- ``base``: no fine-tuning;
+- ``ars``: the robot's rule, ``models.selection.select_top`` (top 20% frames by score), each
+  frame's hardest half-by-half window: 5% of the drive's pixels;
+- ``random``: random frames, random windows of the same size (same 5%);
+- ``diverse``: ``models.selection.select_diverse`` (hardest first, no two frames closer than
+  ``--min-gap`` frames on the road), the mined windows (same 5%);
+- ``full``: every frame fully labeled (100%), at the same scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from common.config import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from models.mining import MiningResult
+    from models.network import SegNet
+    from models.training import LabeledSample
+
+logger = logging.getLogger(__name__)
+
+QUICK = {"frames": 150, "eval_frames": 16}
+FULL = {"frames": 300, "eval_frames": 40}
+ROWS = ("base", "ars", "random", "diverse", "full")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=1, help="drive, held-out and training seed")
+    parser.add_argument("--quick", action="store_true", help="150 frames, 16 eval frames/domain")
+    parser.add_argument("--frames", type=int, default=None, help="drive frames (default 300)")
+    parser.add_argument("--eval-frames", type=int, default=None, help="held-out frames/domain")
+    parser.add_argument("--iterations", type=int, default=None, help="default: server's")
+    parser.add_argument("--lr", type=float, default=None, help="default: server's")
+    parser.add_argument("--replay-share", type=float, default=None, help="default: server's")
+    parser.add_argument("--replay-frames", type=int, default=None, help="default: server's")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: server's")
+    parser.add_argument("--ratio", type=float, default=None, help="default: robot's select_ratio")
+    parser.add_argument("--min-gap", type=float, default=3.0, help="diverse: frames apart")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to run")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint (default: shipped base)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--plot", default=None, help="PNG chart path (default: data dir)")
+
+
+@dataclass(frozen=True)
+class MinedFrame:
+    """One drive frame as the robot saw it: its mining result and its mined crop."""
+
+    index: int
+    frame_id: str
+    mining: MiningResult
+    crop: np.ndarray
+    frame_hw: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The fine-tuning recipe every row shares."""
+
+    iterations: int
+    lr: float
+    batch_size: int
+    replay_share: float
+    replay_frames: int
+    seed: int
+
+
+def mine_frame(
+    model: SegNet,
+    index: int,
+    frame_id: str,
+    image: np.ndarray,
+    infer_hw: tuple[int, int],
+    region_frac: float,
+) -> MinedFrame:
+    """Score a frame and find its hardest box exactly as the robot's inference worker does."""
+    import torch
+
+    from models.mining import mine
+    from models.network import preprocess
+
+    with torch.inference_mode():
+        low = model.forward_lowres(preprocess(image, infer_hw))[0]
+    frame_hw = (int(image.shape[0]), int(image.shape[1]))
+    m = mine(low.float().cpu(), frame_hw, region_frac)
+    x, y, w, h = m.box
+    return MinedFrame(index, frame_id, m, image[y : y + h, x : x + w].copy(), frame_hw)
+
+
+def region_samples(
+    picks: Sequence[tuple[str, np.ndarray, tuple[int, int, int, int], tuple[int, int]]],
+    train_hw: tuple[int, int],
+) -> list[LabeledSample]:
+    """(frame id, crop, box, frame HxW) -> oracle-labeled training samples (server's rule)."""
+    from server_agent.samples import region_training_sample
+    from simulator.oracle import OracleAnnotator
+
+    oracle = OracleAnnotator(cache_size=4)
+    out = []
+    for frame_id, crop, box, (fh, fw) in picks:
+        label = oracle.label_crop(frame_id, box)
+        out.append(region_training_sample(crop, label, box, (fw, fh), train_hw))
+    return out
+
+
+def pixel_fraction(
+    boxes: Sequence[tuple[int, int, int, int]], frame_hw: tuple[int, int], n: int
+) -> float:
+    """Labeled pixels over all pixels of the n frames considered."""
+    return sum(w * h for _, _, w, h in boxes) / (n * frame_hw[0] * frame_hw[1])
+
+
+def _train_eval(
+    base: SegNet,
+    samples: Sequence[LabeledSample],
+    replay: Sequence[LabeledSample],
+    recipe: Recipe,
+    train_hw: tuple[int, int],
+    evals: Mapping[str, Sequence[LabeledSample]],
+) -> dict[str, float]:
+    from models.training import evaluate, finetune
+
+    model = base
+    if samples:
+        model = copy.deepcopy(base)
+        finetune(
+            model,
+            samples,
+            replay,
+            iterations=recipe.iterations,
+            lr=recipe.lr,
+            batch_size=recipe.batch_size,
+            replay_share=recipe.replay_share,
+            seed=recipe.seed,
+            size=train_hw,
+        )
+    return {f"miou_{k}": round(evaluate(model, v), 4) for k, v in evals.items()}
+
+
+def plot(rows: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    """Grouped bars: rural and urban mIoU per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    rural = [rows[n]["miou_rural"] for n in names]
+    urban = [rows[n]["miou_urban"] for n in names]
+    xs = range(len(names))
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    b1 = ax.bar([x - 0.2 for x in xs], rural, 0.4, label="rural (new domain)", color="#6b8e23")
+    b2 = ax.bar([x + 0.2 for x in xs], urban, 0.4, label="urban (old domain)", color="#4682b4")
+    for bars in (b1, b2):
+        for bar in bars:
+            ax.annotate(
+                f"{bar.get_height():.3f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+    labels = [f"{n}\n{rows[n]['pixels'] * 100:.0f}% px" for n in names]
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("mIoU")
+    top = max(rural + urban)
+    ax.set_ylim(0, min(1.0, top * 1.15 + 0.02))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+Pick = tuple[str, "np.ndarray", tuple[int, int, int, int], tuple[int, int]]
+
+
+def _mined_pick(m: MinedFrame) -> Pick:
+    return m.frame_id, m.crop, m.mining.box, m.frame_hw
+
+
+def stretches(indices: Sequence[int], length: float) -> int:
+    """How many distinct stretches of road (blocks of `length` frames) a selection covers."""
+    return len({int(i // length) for i in indices})
+
+
+def summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures: share of full supervision's gain, margin over random, forgetting."""
+    out: dict[str, Any] = {}
+    base, ars = rows.get("base"), rows.get("ars")
+    if base is None or ars is None:
+        return out
+    full = rows.get("full")
+    gain = None
+    if full is not None and full["miou_rural"] > base["miou_rural"]:
+        gain = (ars["miou_rural"] - base["miou_rural"]) / (full["miou_rural"] - base["miou_rural"])
+    out["ars_gain_over_full_gain"] = None if gain is None else round(gain, 4)
+    if "random" in rows:
+        out["ars_minus_random"] = round(ars["miou_rural"] - rows["random"]["miou_rural"], 4)
+    out["urban_drop_ars"] = round(base["miou_urban"] - ars["miou_urban"], 4)
+    for name in rows:
+        if name in ("base", "ars", "full"):
+            continue
+        row = rows[name]
+        out[f"{name}_minus_ars"] = round(row["miou_rural"] - ars["miou_rural"], 4)
+        if gain is not None and full is not None:
+            own = (row["miou_rural"] - base["miou_rural"]) / (
+                full["miou_rural"] - base["miou_rural"]
+            )
+            out[f"{name}_gain_over_full_gain"] = round(own, 4)
+    return out
+
+
+def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+    from models.selection import (
+        budget_count,
+        random_window,
+        select_diverse,
+        select_random,
+        select_top,
+    )
+    from models.training import heldout_set, source_replay_set
+    from server_agent.samples import region_training_sample
+    from simulator.drive import Drive
+
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    preset = QUICK if args.quick else FULL
+    n = args.frames or preset["frames"]
+    n_eval = args.eval_frames or preset["eval_frames"]
+    rs, ss = settings.robot, settings.server
+    ratio = args.ratio or rs.select_ratio
+    recipe = Recipe(
+        iterations=args.iterations or ss.iterations,
+        lr=args.lr or ss.lr,
+        batch_size=args.batch_size or ss.batch_size,
+        replay_share=ss.replay_share if args.replay_share is None else args.replay_share,
+        replay_frames=ss.replay_frames if args.replay_frames is None else args.replay_frames,
+        seed=args.seed,
+    )
+    infer_hw = (rs.infer_height, rs.infer_width)
+    train_hw = (ss.train_height, ss.train_width)
+    wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = set(wanted) - set(ROWS)
+    if unknown or not wanted:
+        raise SystemExit(f"rows must be among {ROWS}, got {args.rows!r}")
+    base, meta = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT)
+    base.eval()
+
+    # 1. The drive, mined as the robot mines it; full frames kept at the training scale.
+    drive = Drive("rural", seed=args.seed, width=rs.width, height=rs.height)
+    full: list[LabeledSample] = []
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    mined: list[MinedFrame] = []
+    for i in range(n):
+        frame = drive.frame(i)
+        mined.append(mine_frame(base, i, frame.frame_id, frame.image, infer_hw, rs.region_frac))
+        if "full" in wanted:
+            h, w = frame.label.shape
+            full.append(
+                region_training_sample(frame.image, frame.label, (0, 0, w, h), (w, h), train_hw)
+            )
+    timing["mine"] = round(time.perf_counter() - t0, 1)
+    frame_hw = mined[0].frame_hw
+    scores = [m.mining.score for m in mined]
+    k = budget_count(ratio, n)
+    win_hw = (mined[0].mining.box[3], mined[0].mining.box[2])
+
+    # 2. The selections: same frame count k and window size for every 5% row.
+    rng = np.random.default_rng(args.seed)
+    picks: dict[str, list[Pick]] = {}
+    if "ars" in wanted:
+        picks["ars"] = [_mined_pick(mined[i]) for i in select_top(scores, ratio)]
+    if "random" in wanted:
+        rand = []
+        for i in sorted(select_random(n, ratio, rng)):
+            f = drive.frame(i)
+            box = random_window(frame_hw, win_hw, rng)
+            x, y, w, h = box
+            rand.append((f.frame_id, f.image[y : y + h, x : x + w].copy(), box, frame_hw))
+        picks["random"] = rand
+    if "diverse" in wanted:
+        idx = select_diverse(scores, ratio, [m.index for m in mined], args.min_gap)
+        picks["diverse"] = [_mined_pick(mined[i]) for i in idx]
+    index_of = {m.frame_id: m.index for m in mined}
+
+    # 3. Held-out sets (seeds disjoint from the drive's world) and the server's replay set.
+    t0 = time.perf_counter()
+    evals = {
+        "rural": heldout_set("rural", n_eval, args.seed, infer_hw),
+        "urban": heldout_set("urban", n_eval, args.seed, infer_hw),
+    }
+    replay = source_replay_set(recipe.replay_frames, 0, train_hw) if recipe.replay_frames else []
+    timing["sets"] = round(time.perf_counter() - t0, 1)
+
+    # 4. Fine-tune a fresh copy of the base per row, evaluate it.
+    rows: dict[str, dict[str, Any]] = {}
+    for name in wanted:
+        t0 = time.perf_counter()
+        samples: list[LabeledSample]
+        if name == "base":
+            samples, boxes = [], []
+        elif name == "full":
+            samples, boxes = full, [(0, 0, frame_hw[1], frame_hw[0])] * n
+        else:
+            samples = region_samples(picks[name], train_hw)
+            boxes = [p[2] for p in picks[name]]
+        row: dict[str, Any] = _train_eval(base, samples, replay, recipe, train_hw, evals)
+        row["pixels"] = round(pixel_fraction(boxes, frame_hw, n), 4)
+        row["frames"] = len(boxes)
+        if name in picks:
+            row["stretches"] = stretches([index_of[p[0]] for p in picks[name]], 1 / ratio)
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows[name] = row
+        logger.info("label-efficiency seed %d: %s %s", args.seed, name, row)
+
+    result: dict[str, Any] = {
+        "seed": args.seed,
+        "quick": bool(args.quick),
+        "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT.name),
+        "version": meta.version,
+        "drive": f"rural seed {args.seed}, {n} frames {frame_hw[1]}x{frame_hw[0]}",
+        "eval_frames_per_domain": n_eval,
+        "budget_pixels": round(ratio * rs.region_frac**2, 4),
+        "selected_frames": k,
+        "recipe": {
+            "iterations": recipe.iterations,
+            "lr": recipe.lr,
+            "batch_size": recipe.batch_size,
+            "replay_share": recipe.replay_share,
+            "replay_frames": recipe.replay_frames,
+            "min_gap": args.min_gap,
+        },
+        "rows": rows,
+    }
+    result.update(summary(rows))
+    result["timing"] = timing
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    path = (
+        Path(args.plot) if args.plot else settings.data_dir / f"label_efficiency-s{args.seed}.png"
+    )
+    if {"base", "ars"} <= set(rows):
+        plot(rows, path, f"label efficiency: rural drive seed {args.seed}, {n} frames")
+        result["plot"] = str(path)
+    return result

@@ -1,0 +1,261 @@
+"""``ars bench robot``: the robot agent's steady-state loop, previews on.
+
+The real ``RobotAgent`` (camera ``sim:rural`` at 640x480, default model and settings) runs
+against the embedded broker in its own process; stage times are read by wrapping the agent's
+own calls (inference, mining, preview encoding, the whole per-frame handling), so they are the
+times inside the running loop, contention included. A sweep then measures the inference choices
+(resolution, threads, memory format, model variant) alone, with the mIoU each costs when the
+trained base model exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ars.bench._harness import (
+    bench_checkpoint,
+    broker,
+    cpu_cores,
+    load_average,
+    median,
+    percentile,
+    r,
+)
+from common.config import Settings, load_settings
+
+T = TypeVar("T")
+
+
+MIN_FRAMES = 5  # measured frames at the least, whatever --seconds says
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured steady state")
+    parser.add_argument("--warmup", type=float, default=4.0, help="seconds before measuring")
+    parser.add_argument("--infer-size", default=None, help="WxH (default: robot setting)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--camera-fps", type=float, default=None, help="camera rate")
+    parser.add_argument("--preview-fps", type=float, default=None, help="previews per second")
+    parser.add_argument("--arch", default="lraspp_mbv3_large", help="model variant")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the inference sweep")
+    parser.add_argument("--miou-frames", type=int, default=20, help="frames per domain (sweep)")
+    parser.add_argument("--tiny", action="store_true", help="smoke setting: tiny model, 2 s")
+
+
+def _timed(fn: Callable[..., T], sink: list[float]) -> Callable[..., T]:
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            sink.append((time.perf_counter() - start) * 1000.0)
+
+    return wrapper
+
+
+async def _agent_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import robot_agent.agent as agent_mod
+    import robot_agent.inference as inference_mod
+    from robot_agent.agent import RobotAgent
+
+    arch = "tiny" if args.tiny else args.arch
+    ckpt = bench_checkpoint(work, arch=arch)
+    robot: dict[str, Any] = {"source": "sim:rural", "model": str(ckpt)}
+    if args.infer_size:
+        w, h = (int(v) for v in args.infer_size.lower().split("x"))
+        robot["infer_width"], robot["infer_height"] = w, h
+    for name in ("threads", "camera_fps", "preview_fps"):
+        if getattr(args, name) is not None:
+            robot[name] = getattr(args, name)
+    stages: dict[str, list[float]] = {k: [] for k in ("process", "mining", "preview", "keep")}
+    done_at: list[float] = []
+    infer_ms: list[float] = []
+    async with broker("amqtt", work, ["rover1"]) as b:
+        settings = load_settings(
+            None,
+            environ={},
+            overrides={
+                "data_dir": str(work / "robot"),
+                "mqtt": {"url": b.url("robot-rover1")},
+                "robot": robot,
+            },
+        )
+        # the agent's own calls, wrapped for timing (restored below)
+        real_mine = getattr(inference_mod, "mine")  # noqa: B009
+        real_preview = getattr(agent_mod, "preview_payload")  # noqa: B009
+        setattr(inference_mod, "mine", _timed(real_mine, stages["mining"]))  # noqa: B010
+        setattr(agent_mod, "preview_payload", _timed(real_preview, stages["preview"]))  # noqa: B010
+        try:
+            async with RobotAgent(settings) as agent:
+                await agent.link.wait_connected(10.0)
+                worker = agent.worker
+                real_process, real_keep = worker.process, agent._keep
+
+                def process(frame_id: str, image: Any) -> Any:
+                    start = time.perf_counter()
+                    result = real_process(frame_id, image)
+                    stages["process"].append((time.perf_counter() - start) * 1000.0)
+                    infer_ms.append(result.infer_ms)
+                    return result
+
+                def keep(result: Any, want_preview: bool) -> Any:
+                    start = time.perf_counter()
+                    out = real_keep(result, want_preview)
+                    done_at.append(time.perf_counter())
+                    stages["keep"].append((done_at[-1] - start) * 1000.0)
+                    return out
+
+                worker.process = process  # type: ignore[method-assign]
+                agent._keep = keep  # type: ignore[method-assign]
+                await agent.begin_segmentation()
+                await asyncio.sleep(args.warmup)
+                for values in (*stages.values(), done_at, infer_ms):
+                    values.clear()
+                cpu0, t0 = os.times(), time.perf_counter()
+                await asyncio.sleep(args.seconds)
+                # a loaded machine (e.g. other benches starting) can stall the first frames:
+                # measure over at least MIN_FRAMES, however long they take (bounded)
+                deadline = time.perf_counter() + 60.0
+                while len(done_at) < MIN_FRAMES and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.1)
+                cpu1, t1 = os.times(), time.perf_counter()
+                n = len(done_at)
+                await agent.end_segmentation()
+                rs = agent.rs
+        finally:
+            setattr(inference_mod, "mine", real_mine)  # noqa: B010
+            setattr(agent_mod, "preview_payload", real_preview)  # noqa: B010
+    gaps = [(b2 - a) * 1000.0 for a, b2 in itertools.pairwise(done_at)]
+    fps = (n - 1) / (done_at[-1] - done_at[0]) if n > 1 else 0.0
+    infer_p50 = median(infer_ms)
+    mining_p50 = median(stages["mining"])
+    cpu_used = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t1 - t0)
+    return {
+        "fps": r(fps),
+        "infer_ms_p50": r(infer_p50),
+        "mining_ms_p50": r(mining_p50, 3),
+        "preview_encode_ms_p50": r(median(stages["preview"])),
+        "loop_ms_p50": r(median(gaps)),
+        "loop_ms_p90": r(percentile(gaps, 90)),
+        "mining_over_infer": r(mining_p50 / infer_p50, 4) if infer_p50 > 0 else None,
+        "cpu_cores": cpu_cores(),
+        "process_ms_p50": r(median(stages["process"])),
+        "keep_ms_p50": r(median(stages["keep"])),
+        "frames": n,
+        "seconds": r(t1 - t0, 1),
+        "agent_cpu_cores_used": r(cpu_used),
+        # CPU time the agent spends per frame: the load-independent cost (fps on two free
+        # cores is at most 2000 / this when the work spreads over both)
+        "cpu_ms_per_frame": r(cpu_used * 1000.0 / fps, 1) if fps > 0 else None,
+        "camera": f"sim:rural {rs.width}x{rs.height} at {rs.camera_fps:g} fps",
+        "infer_size": f"{rs.infer_width}x{rs.infer_height}",
+        "threads": rs.threads,
+        "preview_fps": rs.preview_fps,
+        "arch": arch,
+        "model": ckpt.name,
+    }
+
+
+def sweep(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Inference alone for each choice, with its mIoU when the trained base model exists.
+
+    The choices are timed in interleaved rounds (one inference of each per round, median over
+    rounds), so that other load on the machine falls on all of them alike.
+    """
+    import torch
+
+    from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+    from models.network import SegNet, preprocess
+    from models.training import evaluate, heldout_set
+    from simulator.scene import render_frame
+
+    image = render_frame("rural", 7).image
+    large, small = "lraspp_mbv3_large", "lraspp_mbv3_small"
+    choices: list[tuple[str, tuple[int, int], int, bool]] = [
+        (large, (640, 480), 2, False),
+        (large, (320, 240), 2, False),
+        (large, (320, 240), 1, False),
+        (large, (320, 240), 2, True),
+        (large, (320, 240), 1, True),
+        (large, (256, 192), 2, False),
+        (small, (640, 480), 2, False),
+        (small, (320, 240), 2, False),
+    ]
+    rounds = 3 if args.tiny else 9
+    if args.tiny:
+        choices = [("tiny", (160, 120), 1, False), ("tiny", (160, 120), 1, True)]
+    models: dict[tuple[str, bool], SegNet] = {}
+    for arch, _, _, channels_last in choices:
+        if (arch, channels_last) not in models:
+            model, _ = load_checkpoint(bench_checkpoint(work, arch=arch))
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            models[(arch, channels_last)] = model.eval().to(memory_format=fmt)
+    times: list[list[float]] = [[] for _ in choices]
+    threads_before = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            for i in range(rounds + 1):
+                for k, (arch, (w, h), threads, channels_last) in enumerate(choices):
+                    torch.set_num_threads(threads)
+                    fmt = torch.channels_last if channels_last else torch.contiguous_format
+                    start = time.perf_counter()
+                    x = preprocess(image, (h, w)).contiguous(memory_format=fmt)
+                    models[(arch, channels_last)].forward_lowres(x)
+                    if i > 0:  # round 0 warms up
+                        times[k].append((time.perf_counter() - start) * 1000.0)
+        miou: dict[tuple[str, tuple[int, int]], tuple[float, float]] = {}
+        if DEFAULT_CHECKPOINT.is_file() and args.miou_frames > 0:
+            base, _ = load_checkpoint(DEFAULT_CHECKPOINT)
+            torch.set_num_threads(2)
+            for arch, (w, h), _, _ in choices:
+                if arch == large and (arch, (w, h)) not in miou:
+                    miou[(arch, (w, h))] = (
+                        evaluate(base, heldout_set("urban", args.miou_frames, 1000, (h, w))),
+                        evaluate(base, heldout_set("rural", args.miou_frames, 1000, (h, w))),
+                    )
+    finally:
+        torch.set_num_threads(threads_before)
+    rows: list[dict[str, Any]] = []
+    for k, (arch, (w, h), threads, channels_last) in enumerate(choices):
+        m = miou.get((arch, (w, h)))
+        rows.append(
+            {
+                "arch": arch,
+                "size": f"{w}x{h}",
+                "threads": threads,
+                "channels_last": channels_last,
+                "infer_ms_p50": r(median(times[k])),
+                "miou_urban": r(m[0], 4) if m else None,
+                "miou_rural": r(m[1], 4) if m else None,
+            }
+        )
+    return rows
+
+
+def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    if args.tiny:
+        args.seconds = min(args.seconds, 2.0)
+        args.warmup = min(args.warmup, 1.0)
+        args.infer_size = args.infer_size or "160x120"
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="ars-bench-robot-") as tmp:
+        work = Path(tmp)
+        result = asyncio.run(_agent_run(args, work))
+        if not args.no_sweep:
+            result["sweep"] = sweep(args, work)
+    result["targets"] = {
+        "fps_at_least_12": bool(result["fps"] is not None and result["fps"] >= 12),
+        "mining_over_infer_at_most_0.02": bool(
+            result["mining_over_infer"] is not None and result["mining_over_infer"] <= 0.02
+        ),
+    }
+    result["load_average"] = {"before": load_before, "after": load_average()}
+    return result

@@ -1,0 +1,102 @@
+"""Each system benchmark runs from the command line at its tiny setting and prints its keys.
+
+The benches mostly wait (process start-up, brokers, warm-up), so the selected ones start
+together, as processes, when the first test asks; each test then reads its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAGS = {"robot": ["--no-sweep"]}
+
+
+def start(name: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "ars.cli", "bench", name, "--json", "--tiny"]
+    return subprocess.Popen(
+        [*argv, *FLAGS.get(name, [])],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group: a kill reaches the agents it started too
+    )
+
+
+@pytest.fixture(scope="module")
+def started(request: pytest.FixtureRequest) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    names = [
+        item.name.removeprefix("test_").removesuffix("_bench_keys")
+        for item in request.session.items
+        if item.module is sys.modules[__name__]
+    ]
+    procs = {name: start(name) for name in names}
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+def bench(started: dict[str, subprocess.Popen[str]], name: str) -> dict[str, Any]:
+    stdout, stderr = started[name].communicate(timeout=240)
+    assert started[name].returncode == 0, stderr[-3000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert isinstance(result, dict)
+    return result
+
+
+def test_robot_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
+    out = bench(started, "robot")
+    for key in ("fps", "infer_ms_p50", "mining_ms_p50", "preview_encode_ms_p50", "loop_ms_p50",
+                "mining_over_infer", "cpu_cores"):  # fmt: skip
+        assert key in out, key
+    assert out["fps"] > 0 and out["frames"] > 1
+    assert out["mining_ms_p50"] > 0 and out["infer_ms_p50"] > 0
+
+
+def test_transfer_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
+    out = bench(started, "transfer")
+    for key in ("bytes", "seconds_to_active", "raw_seconds_same_broker", "over_raw",
+                "wire_bytes_over_payload", "swap_pause_ms"):  # fmt: skip
+        assert key in out, key
+    assert out["wire_bytes_over_payload"] >= 1.0
+    assert out["amqtt"]["fp16"]["segmenting"]["frames_during_transfer"] > 0
+
+
+def test_preview_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
+    out = bench(started, "preview")
+    for key in ("latency_ms_p50", "latency_ms_p99", "delivered_ratio", "web_cpu_percent"):
+        assert key in out, key
+    assert out["delivered_ratio"] > 0.5
+    assert "10_per_s_with_slow_client" in out and "30_per_s" in out
+
+
+def test_loop_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
+    out = bench(started, "loop")
+    for key in ("transfer_data_s", "annotate_s", "finetune_s", "evaluate_s", "transfer_model_s",
+                "total_s", "bytes_up", "bytes_up_over_full_frames", "bytes_down"):  # fmt: skip
+        assert key in out, key
+    assert out["bytes_up"] > 0 and out["bytes_down"] > 0 and out["regions"] >= 1
+
+
+def test_fleet_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
+    out = bench(started, "fleet")
+    row = out["per_n"]["1"]
+    for key in ("robot_fps_mean", "broker_cpu_percent", "server_cpu_percent", "web_cpu_percent",
+                "broker_max_rss_mib", "server_max_rss_mib", "web_max_rss_mib",
+                "robot_max_rss_mib", "dropped_previews"):  # fmt: skip
+        assert key in row, key
+    assert row["robot_max_rss_mib"] > 0
