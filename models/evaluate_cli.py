@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: object = None) -> int:
     """Evaluate; exit 2 with a message on a bad checkpoint."""
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", default=None, help="version string (default: base-<date>)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: object = None) -> int:
     """Train, measure held-out urban and rural mIoU, write the checkpoint; print JSON."""
     if args.threads > 0:
         torch.set_num_threads(args.threads)

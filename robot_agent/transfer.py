@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ from common.errors import StorageError, TransferError
 from common.mqtt import MqttLink
 from common.schemas import RegionHeader, RegionsAck, TransferManifest, new_id
 from common.topics import Topics
+from models.selection import select_top
 from robot_agent.candidates import Candidate, CandidateStore
 
 logger = logging.getLogger(__name__)
@@ -57,9 +57,10 @@ class TransferReport:
 
 
 def select(candidates: list[Candidate], ratio: float) -> list[Candidate]:
-    """The top ``ceil(ratio * n)`` by score (ties: older first)."""
-    k = math.ceil(ratio * len(candidates) - 1e-9)
-    return sorted(candidates, key=lambda c: (-c.score, c.ts))[:k]
+    """The top ``ceil(ratio * n)`` by score (ties: older first): ``models.selection.select_top``,
+    the one rule the label-efficiency benchmark measures."""
+    oldest_first = sorted(candidates, key=lambda c: c.ts)
+    return [oldest_first[i] for i in select_top([c.score for c in oldest_first], ratio)]
 
 
 def full_frames_bytes(candidates: list[Candidate]) -> int:

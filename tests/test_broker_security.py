@@ -477,4 +477,3 @@ def test_mosquitto_config_with_tls(tmp_path: Path) -> None:
     assert (
         "topic read ars/robots/rover2/#" in acl and "topic write ars/robots/rover1/cmd" not in acl
     )
-

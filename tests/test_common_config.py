@@ -60,7 +60,9 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_web_token_required_off_loopback() -> None:
-    with pytest.raises(ConfigError, match=r"'web' from command-line flags: .*web.token is required"):
+    with pytest.raises(
+        ConfigError, match=r"'web' from command-line flags: .*web.token is required"
+    ):
         load_settings(overrides={"web": {"host": "0.0.0.0"}})
     assert load_settings(overrides={"web": {"host": "0.0.0.0", "token": "s3cret"}}).web.token
 

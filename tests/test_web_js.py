@@ -16,7 +16,6 @@ STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
 NODE = shutil.which("node")
 
 
-
 def run_js(body: str) -> object:
     """Run an ES module snippet that prints one JSON value; return it."""
     if NODE is None:

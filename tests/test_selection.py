@@ -1,0 +1,159 @@
+"""Selection rules (budget, order, windows), the robot using them, and the bench end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ars.bench import label_efficiency
+from common.config import Settings
+from models.checkpoint import save_checkpoint
+from models.mining import mine
+from models.network import build_model
+from models.selection import (
+    budget_count,
+    random_window,
+    select_diverse,
+    select_random,
+    select_top,
+)
+from robot_agent.candidates import Candidate
+from robot_agent.transfer import select
+
+
+@pytest.mark.parametrize(
+    ("ratio", "n", "k"),
+    [(0.2, 5, 1), (0.2, 10, 2), (0.2, 11, 3), (0.2, 150, 30), (0.2, 300, 60), (1.0, 7, 7),
+     (0.05, 1, 1), (0.3, 10, 3), (0.2, 0, 0)],
+)  # fmt: skip
+def test_budget_is_ceil_without_float_creep(ratio: float, n: int, k: int) -> None:
+    assert budget_count(ratio, n) == k
+    assert len(select_top(list(range(n)), ratio)) == k
+    assert len(select_diverse([1.0] * n, ratio)) == k
+    assert len(select_random(n, ratio, np.random.default_rng(0))) == k
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5])
+def test_budget_rejects_bad_ratio(ratio: float) -> None:
+    with pytest.raises(ValueError, match="ratio"):
+        budget_count(ratio, 10)
+
+
+def test_top_is_hardest_first_with_stable_ties() -> None:
+    scores = [0.1, 0.9, 0.5, 0.9, 0.3, 0.7, 0.5, 0.2, 0.0, 0.4]
+    assert select_top(scores, 0.2) == [1, 3]  # tie: the earlier one first
+    assert select_top(scores, 0.5) == [1, 3, 5, 2, 6]
+    assert select_top(scores, 1.0) == sorted(range(10), key=lambda i: -scores[i])
+
+
+def test_the_robot_uses_the_same_rule() -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.choice([0.1, 0.2, 0.3, 0.4], size=37).tolist()  # many ties
+    ts = rng.permutation(37).astype(float).tolist()
+    cands = [
+        Candidate(f"r{i}", f"f{i}", s, 0.5, 0.5, (0, 0, 2, 2), (4, 4), "v", t)
+        for i, (s, t) in enumerate(zip(scores, ts, strict=True))
+    ]
+    chosen = select(cands, 0.2)
+    assert len(chosen) == math.ceil(0.2 * 37)
+    expected = sorted(cands, key=lambda c: (-c.score, c.ts))[: len(chosen)]
+    assert [c.region_id for c in chosen] == [c.region_id for c in expected]
+    by_ts = sorted(cands, key=lambda c: c.ts)
+    assert [c.region_id for c in chosen] == [
+        by_ts[i].region_id for i in select_top([c.score for c in by_ts], 0.2)
+    ]
+
+
+def test_random_is_distinct_and_seeded() -> None:
+    a = select_random(50, 0.2, np.random.default_rng(7))
+    b = select_random(50, 0.2, np.random.default_rng(7))
+    assert a == b and len(set(a)) == 10 and all(0 <= i < 50 for i in a)
+
+
+def test_diverse_skips_near_duplicates_then_fills_the_budget() -> None:
+    # a hard stretch (frames 10..14) and a second, softer one (30..31)
+    scores = [0.0] * 40
+    for i, s in zip(range(10, 15), [0.9, 0.95, 1.0, 0.95, 0.9], strict=True):
+        scores[i] = s
+    scores[30], scores[31] = 0.8, 0.7
+    top = select_top(scores, 0.1)  # 4 frames
+    assert top == [12, 11, 13, 10]  # all on one stretch
+    div = select_diverse(scores, 0.1, min_gap=3)
+    assert div == [12, 30, 0, 3]  # one per stretch, hardest first, then the next far-apart ones
+    # when the gaps leave too few frames, the skipped ones fill the budget, hardest first
+    assert select_diverse([0.5, 0.9, 1.0, 0.8, 0.7, 0.6], 0.5, min_gap=3) == [2, 5, 1]
+    # positions as timestamps: gaps in seconds
+    ts = [i * 0.5 for i in range(40)]
+    assert select_diverse(scores, 0.1, ts, min_gap=1.5) == div
+    assert select_diverse(scores, 0.1, min_gap=0) == top
+    with pytest.raises(ValueError, match="positions"):
+        select_diverse(scores, 0.1, [0.0, 1.0])
+
+
+def test_windows_lie_inside_the_frame() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        x, y, w, h = random_window((480, 640), (240, 320), rng)
+        assert (w, h) == (320, 240) and 0 <= x <= 320 and 0 <= y <= 240
+    seen = {random_window((480, 640), (240, 320), rng)[:2] for _ in range(200)}
+    assert len(seen) > 150  # spread out, not a fixed corner
+    assert random_window((10, 10), (40, 40), rng) == (0, 0, 10, 10)  # clamped
+    # the robot's mined box is inside the frame too, and a quarter of it (5% at 20% frames)
+    import torch
+
+    for seed in range(20):
+        logits = torch.randn(19, 30, 40, generator=torch.Generator().manual_seed(seed))
+        bx, by, bw, bh = mine(logits, (480, 640), 0.5).box
+        assert (bw, bh) == (320, 240) and 0 <= bx <= 320 and 0 <= by <= 240
+
+
+def test_pixel_budget_is_exactly_five_percent() -> None:
+    n = 150
+    boxes = [(0, 0, 320, 240)] * budget_count(0.2, n)
+    assert label_efficiency.pixel_fraction(boxes, (480, 640), n) == pytest.approx(0.05, abs=1e-12)
+    assert label_efficiency.stretches([0, 1, 2, 5, 11], 5) == 3
+
+
+def test_summary_figures() -> None:
+    rows = {
+        "base": {"miou_rural": 0.40, "miou_urban": 0.70},
+        "ars": {"miou_rural": 0.59, "miou_urban": 0.69},
+        "random": {"miou_rural": 0.50, "miou_urban": 0.70},
+        "full": {"miou_rural": 0.60, "miou_urban": 0.70},
+    }
+    s = label_efficiency.summary(rows)
+    assert s["ars_gain_over_full_gain"] == pytest.approx(0.95)
+    assert s["ars_minus_random"] == pytest.approx(0.09)
+    assert s["urban_drop_ars"] == pytest.approx(0.01)
+    rows["full"]["miou_rural"] = 0.40  # no gain to share: no ratio, not a division by zero
+    assert label_efficiency.summary(rows)["ars_gain_over_full_gain"] is None
+
+
+def test_bench_runs_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, build_model("tiny"), arch="tiny", version="tiny-test")
+    parser = argparse.ArgumentParser()
+    label_efficiency.add_arguments(parser)
+    args = parser.parse_args(
+        ["--quick", "--frames", "10", "--eval-frames", "2", "--iterations", "2",
+         "--replay-frames", "4", "--checkpoint", str(ckpt), "--threads", "1",
+         "--plot", str(tmp_path / "chart.png"), "--seed", "5"]
+    )  # fmt: skip
+    out = label_efficiency.run(args, Settings())
+    json.dumps(out)  # serialisable
+    assert out["budget_pixels"] == 0.05 and out["selected_frames"] == 2
+    assert set(out["rows"]) == {"base", "ars", "random", "diverse", "full"}
+    for name in ("ars", "random", "diverse"):
+        assert out["rows"][name]["pixels"] == pytest.approx(0.05)
+        assert out["rows"][name]["frames"] == 2
+    assert out["rows"]["full"]["pixels"] == 1.0 and out["rows"]["base"]["pixels"] == 0.0
+    for row in out["rows"].values():
+        assert 0.0 <= row["miou_rural"] <= 1.0 and 0.0 <= row["miou_urban"] <= 1.0
+    for key in ("ars_minus_random", "urban_drop_ars", "ars_gain_over_full_gain", "seconds"):
+        assert key in out
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
