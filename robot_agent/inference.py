@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -109,16 +110,33 @@ def class_mask(
 
 @dataclass(frozen=True)
 class FrameResult:
-    """One processed frame: the camera frame, its mined region with the predicted classes of
-    that region at frame resolution, and the class mask at the inference size (for previews)."""
+    """One processed frame: the camera frame, its low-resolution logits and its mined region.
+
+    The class masks are derived from the logits on first use, not in the inference step: the
+    preview mask is needed only on frames that go out as previews (one in three at the
+    defaults), and the box mask is computed by the thread that stores the candidate, which
+    overlaps the next frame's inference on the second core.
+    """
 
     frame_id: str
     image: np.ndarray
-    mask: np.ndarray
-    box_mask: np.ndarray
+    logits: torch.Tensor
+    infer_hw: tuple[int, int]
     mining: MiningResult
     infer_ms: float
     model_version: str
+
+    @cached_property
+    def mask(self) -> np.ndarray:
+        """Class ids at the inference size (for previews)."""
+        h, w = self.infer_hw
+        return class_mask(self.logits, self.infer_hw, (0, 0, w, h))
+
+    @cached_property
+    def box_mask(self) -> np.ndarray:
+        """Class ids of the mined box at frame resolution (sent with the region)."""
+        frame_hw = (int(self.image.shape[0]), int(self.image.shape[1]))
+        return class_mask(self.logits, frame_hw, self.mining.box)
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -135,6 +153,7 @@ class InferenceWorker:
         self.region_frac = region_frac
         self.processed = 0
         self.errors = 0
+        self._in_flight = 0  # frames taken and not yet handled
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -153,12 +172,13 @@ class InferenceWorker:
             low = model.forward_lowres(preprocess(image, size).to(device))[0]
         infer_ms = (time.perf_counter() - start) * 1000.0
         frame_hw = (int(image.shape[0]), int(image.shape[1]))
-        mining = mine(low.float().cpu(), frame_hw, self.region_frac)
+        low = low.float().cpu()
+        mining = mine(low, frame_hw, self.region_frac)
         return FrameResult(
             frame_id=frame_id,
             image=image,
-            mask=class_mask(low, size, (0, 0, self.infer_w, self.infer_h)),
-            box_mask=class_mask(low, frame_hw, mining.box),
+            logits=low,
+            infer_hw=size,
             mining=mining,
             infer_ms=infer_ms,
             model_version=loaded.version,
@@ -170,23 +190,61 @@ class InferenceWorker:
         handle: Callable[[FrameResult], Awaitable[None]],
         on_error: Callable[[str], Awaitable[None]],
     ) -> None:
-        """Take the newest frame, infer in a thread, hand the result on; forever."""
+        """Take the newest frame, infer in a thread, hand the result on; forever.
+
+        Two stages: inference, and handling (storing the candidate, encoding a preview), joined
+        by a one-slot queue, so the next frame's inference overlaps the last one's handling.
+        Every inferred frame is handled (the queue applies back-pressure, it drops nothing).
+        """
+        results: asyncio.Queue[FrameResult] = asyncio.Queue(maxsize=1)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._handle_results(results, handle, on_error))
+            await self._infer_frames(mailbox, results, on_error)
+
+    def _begin(self) -> None:
+        self._in_flight += 1
+        self.idle.clear()
+
+    def _end(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self.idle.set()
+
+    async def _infer_frames(
+        self,
+        mailbox: LatestMailbox[CameraFrame],
+        results: asyncio.Queue[FrameResult],
+        on_error: Callable[[str], Awaitable[None]],
+    ) -> None:
         while True:
             frame_id, image = await mailbox.get()
-            self.idle.clear()
+            self._begin()
             try:
                 result = await asyncio.to_thread(self.process, frame_id, image)
             except (ValueError, RuntimeError) as exc:
                 self.errors += 1
                 logger.warning("inference failed on frame %s: %s", frame_id, exc)
+                self._end()
                 await on_error(f"inference failed on frame {frame_id}: {exc}")
                 continue
-            else:
-                self.processed += 1
-                try:
-                    await handle(result)
-                except Exception as exc:  # e.g. a full disk: report, keep inferring
-                    logger.exception("handling frame %s failed", frame_id)
-                    await on_error(f"frame {frame_id}: {exc.__class__.__name__}: {exc}")
+            except BaseException:
+                self._end()
+                raise
+            self.processed += 1
+            await results.put(result)
+
+    async def _handle_results(
+        self,
+        results: asyncio.Queue[FrameResult],
+        handle: Callable[[FrameResult], Awaitable[None]],
+        on_error: Callable[[str], Awaitable[None]],
+    ) -> None:
+        while True:
+            result = await results.get()
+            try:
+                await handle(result)
+            except Exception as exc:  # e.g. a full disk: report, keep inferring
+                logger.exception("handling frame %s failed", result.frame_id)
+                await on_error(f"frame {result.frame_id}: {exc.__class__.__name__}: {exc}")
             finally:
-                self.idle.set()
+                self._end()
