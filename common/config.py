@@ -113,6 +113,12 @@ class ServerSettings(_Section):
     device: str = "auto"
     threads: int = Field(2, ge=1, le=256)
     gate: bool = Field(True, description="refuse a candidate worse than the robot's model")
+    gate_urban_drop: float = Field(
+        0.02, ge=0, le=1, description="old-domain mIoU a candidate may lose and still pass"
+    )
+    holdout_every: int = Field(
+        5, ge=0, le=1000, description="hold 1 labeled region in N out of training (0: none)"
+    )
     max_regions: int = Field(100_000, ge=1)
     base_model: Path | None = Field(None, description="base checkpoint; default: the shipped one")
 

@@ -36,6 +36,7 @@ from models.training import (
     heldout_set,
     source_replay_set,
 )
+from server_agent.gate import is_held_out
 from server_agent.outbox import Outbox
 from server_agent.samples import region_training_sample
 from server_agent.store import Store, VersionRow
@@ -310,22 +311,38 @@ class FinetuneRunner:
                 return path
         return self.base_checkpoint
 
-    def _samples(self, rid: str) -> list[LabeledSample]:
-        out = []
-        for row in self.store.labeled_regions(rid):
+    def _samples(self, rid: str) -> tuple[list[LabeledSample], list[LabeledSample]]:
+        """The robot's labeled regions as samples: (to train on, held out for the gate)."""
+        rows = self.store.labeled_regions(rid)
+        train: list[LabeledSample] = []
+        held: list[LabeledSample] = []
+        for row in rows:
             crop_png, _, ann_png = self.store.read_region(row)
             crop = decode_rgb(crop_png, what=f"region {row.region_id} crop")
             label = decode_mask(ann_png, what=f"region {row.region_id} annotation")
-            out.append(region_training_sample(crop, label, row.box, row.frame_size, self.train_hw))
-        return out
+            sample = region_training_sample(crop, label, row.box, row.frame_size, self.train_hw)
+            out = (
+                held
+                if is_held_out(row.region_id, self.settings.holdout_every, len(rows))
+                else train
+            )
+            out.append(sample)
+        if not train:  # every region hashed into the held-out share: train on them all
+            train, held = held, []
+        return train, held
 
-    def _metrics(self, model: SegNet, regions: Sequence[LabeledSample]) -> dict[str, float]:
+    def _metrics(
+        self, model: SegNet, regions: Sequence[LabeledSample], held: Sequence[LabeledSample]
+    ) -> dict[str, float]:
         n = self.settings.eval_frames
-        return {
+        out = {
             "miou_rural": round(evaluate(model, self._cached("rural", n)), 6),
             "miou_urban": round(evaluate(model, self._cached("urban", n)), 6),
-            "miou_regions": round(evaluate(model, regions), 6),
+            "miou_regions": round(evaluate(model, [*regions, *held]), 6),
         }
+        if held:
+            out["miou_heldout"] = round(evaluate(model, held), 6)
+        return out
 
     def _check(self, job: _Job) -> None:
         if job.cancel.is_set():
@@ -337,12 +354,12 @@ class FinetuneRunner:
         try:
             parent_path = self._parent(rid)
             model, meta = load_checkpoint(parent_path)
-            samples = self._samples(rid)
+            samples, held = self._samples(rid)
             if not samples:
                 raise ModelError(f"no labeled regions of {rid} could be read")
             replay = self._cached("replay", self.settings.replay_frames)
             self._check(job)
-            before = self._metrics(model, samples)
+            before = self._metrics(model, samples, held)
             self._check(job)
             result = finetune(
                 model,
@@ -358,7 +375,7 @@ class FinetuneRunner:
             )
             if result.cancelled:
                 raise _Cancelled
-            after = self._metrics(model, samples)
+            after = self._metrics(model, samples, held)
             self._check(job)
             version = self._next_version(rid)
             path = self.store.model_path(version)

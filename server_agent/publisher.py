@@ -1,8 +1,9 @@
 """Transfer Model: offer the robot's newest version, send it in chunks, resend what is missing.
 
 The newest registered version of a robot that is not the one it runs is offered (HMAC-signed
-when ``model_key`` is set), gated first: a candidate whose rural mIoU is below the robot's
-current model's is refused unless the command says ``force``. Chunks go out with bounded
+when ``model_key`` is set), gated first (``server_agent.gate``): a candidate worse than the
+robot's current model on held-out labeled regions, or on old-domain frames beyond a tolerance,
+is refused unless the command says ``force``. Chunks go out with bounded
 concurrency; ``receiving`` statuses listing missing chunks are answered by resending them; the
 robot's ``active`` ends the command. Every status a robot sends (and its retained state) is
 recorded, so the registry knows which version runs where.
@@ -22,6 +23,7 @@ from common.envelope import encode
 from common.errors import CommandRejected, ProtocolError, StorageError
 from common.hashing import hmac_sha256, sha256_bytes
 from common.schemas import ChunkHeader, Command, ModelOffer, ModelStatus, RobotState, parse_json
+from server_agent.gate import judge
 from server_agent.outbox import Outbox
 from server_agent.store import Store, VersionRow
 from simulator.palette import CLASS_NAMES
@@ -41,13 +43,6 @@ class _Transfer:
     row: VersionRow
     statuses: asyncio.Queue[ModelStatus] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
-
-
-def gate_reference(row: VersionRow, active: VersionRow | None) -> float | None:
-    """The robot's current rural mIoU: its registered model's, else the candidate's parent's."""
-    if active is not None and "miou_rural" in active.metrics:
-        return active.metrics["miou_rural"]
-    return row.metrics_before.get("miou_rural")
 
 
 class ModelPublisher:
@@ -84,15 +79,18 @@ class ModelPublisher:
         active = next((v for v in versions if v.version == active_version), None)
         if active is None and active_version is not None:
             active = await asyncio.to_thread(self.store.version, active_version)
-        reference = gate_reference(row, active)
-        candidate = row.metrics.get("miou_rural")
-        gate = {"candidate_miou_rural": candidate, "current_miou_rural": reference}
-        worse = reference is not None and candidate is not None and candidate < reference
-        if self.settings.server.gate and worse and not force:
+        # the job measured the candidate and its parent (the robot's model) on the same data
+        current = row.metrics_before
+        if active is not None and active.version != row.parent:
+            current = active.metrics  # the robot runs another model (e.g. a rollback)
+        verdict = judge(row.metrics, current, self.settings.server.gate_urban_drop)
+        gate = verdict.figures
+        if self.settings.server.gate and verdict.worse and not force:
             await self.outbox.event(
                 "rejected",
-                f"gate: {row.version} has rural mIoU {candidate:.4f}, below the running "
-                f"model's {reference:.4f}; send with force to override",
+                f"gate: {row.version} has "
+                + "; ".join(verdict.reasons)
+                + "; send with force to override",
                 ref=command.id,
                 cmd=command.cmd,
                 robot_id=rid,

@@ -379,6 +379,9 @@ function onFinetuneDone(d) {
     { label: "urban", before: before.miou_urban, after: after.miou_urban },
     { label: "regions", before: before.miou_regions, after: after.miou_regions },
   ];
+  if (after.miou_heldout !== undefined) {
+    state.lastMetrics.push({ label: "held-out", before: before.miou_heldout, after: after.miou_heldout });
+  }
   drawMiouBars($("miou-chart"), state.lastMetrics);
   setProgress(100, `done: ${d.version || ""} in ${Number(d.seconds || 0).toFixed(0)} s`);
 }

@@ -1,0 +1,58 @@
+"""The evaluation gate: is a fine-tuned candidate worse than the model the robot runs?
+
+Both are measured in the same fine-tune job on the same data (``VersionRow.metrics`` and
+``metrics_before``; the job's parent is the robot's running model), on what a real server has:
+
+- ``miou_heldout``: labeled regions held out of training (``is_held_out``), the new domain;
+- ``miou_urban``: old-domain frames, the forgetting check, with a tolerance
+  (``server.gate_urban_drop``), since a small old-domain cost is the price of adapting.
+
+When a job had too few regions to hold any out, ``miou_rural`` (the simulator's held-out rural
+frames) stands in for the new domain. Pure functions: the publisher sends the verdict as an event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+def is_held_out(region_id: str, every: int, labeled: int) -> bool:
+    """One labeled region in `every` (by a hash of its id, so stable across jobs) is kept for
+    evaluation, once at least `every` regions are labeled; `every` 0 disables it."""
+    if every <= 1 or labeled < every:
+        return False
+    digest = hashlib.sha256(region_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") % every == 0
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """Which figures were compared, the reasons a candidate is worse (empty: it passes)."""
+
+    figures: dict[str, float | None] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def worse(self) -> bool:
+        return bool(self.reasons)
+
+
+def judge(candidate: dict[str, float], current: dict[str, float], urban_drop: float) -> GateVerdict:
+    """Compare the candidate's metrics with the running model's on the same data."""
+    figures: dict[str, float | None] = {}
+    reasons: list[str] = []
+    new_domain = "miou_heldout" if "miou_heldout" in candidate else "miou_rural"
+    label = "held-out regions" if new_domain == "miou_heldout" else "rural"
+    cand, cur = candidate.get(new_domain), current.get(new_domain)
+    figures[f"candidate_{new_domain}"], figures[f"current_{new_domain}"] = cand, cur
+    if cand is not None and cur is not None and cand < cur:
+        reasons.append(f"{label} mIoU {cand:.4f}, below the running model's {cur:.4f}")
+    cand_u, cur_u = candidate.get("miou_urban"), current.get("miou_urban")
+    figures["candidate_miou_urban"], figures["current_miou_urban"] = cand_u, cur_u
+    if cand_u is not None and cur_u is not None and cand_u < cur_u - urban_drop:
+        reasons.append(
+            f"urban mIoU {cand_u:.4f}, more than {urban_drop:.2f} below the running "
+            f"model's {cur_u:.4f}"
+        )
+    return GateVerdict(figures, reasons)
