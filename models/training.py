@@ -76,7 +76,9 @@ class _Pool:
     """Samples as tensors (uint8 in memory), drawn with paired augmentation into batches."""
 
     def __init__(self, samples: Sequence[LabeledSample]) -> None:
-        self.items = [to_tensors(s.image, s.label) for s in samples]
+        # converted on draw, not up front: `samples` may be a lazy sequence (the server's
+        # regions, decoded from disk on access) so a job's memory does not grow with the data
+        self.items = samples
         self.mean = torch.tensor(MEAN).view(3, 1, 1)
         self.std = torch.tensor(STD).view(3, 1, 1)
 
@@ -89,7 +91,8 @@ class _Pool:
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         out = []
         for i in rng.integers(0, len(self.items), size=n):
-            img, lbl = self.items[int(i)]
+            sample = self.items[int(i)]
+            img, lbl = to_tensors(sample.image, sample.label)
             x = (img.float() / 255.0 - self.mean) / self.std
             out.append(random_pair(x, lbl.long(), crop, rng, scale=scale))
         return out

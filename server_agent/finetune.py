@@ -24,7 +24,6 @@ import numpy as np
 from common.config import ServerSettings
 from common.errors import CommandRejected, ModelError
 from common.hashing import sha256_file
-from common.images import decode_mask, decode_rgb
 from common.schemas import Command, FinetuneStatus, new_id
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
 from models.network import SegNet
@@ -38,7 +37,7 @@ from models.training import (
 )
 from server_agent.gate import is_held_out
 from server_agent.outbox import Outbox
-from server_agent.samples import region_training_sample
+from server_agent.samples import RegionSamples
 from server_agent.store import Store, VersionRow
 
 logger = logging.getLogger(__name__)
@@ -311,34 +310,33 @@ class FinetuneRunner:
                 return path
         return self.base_checkpoint
 
-    def _samples(self, rid: str) -> tuple[list[LabeledSample], list[LabeledSample]]:
-        """The robot's labeled regions as samples: (to train on, held out for the gate)."""
+    def _samples(self, rid: str) -> tuple[RegionSamples, RegionSamples, RegionSamples]:
+        """The robot's labeled regions: (to train on, held out for the gate, all), decoded
+        on access. Each is read once here, so an unreadable one fails the job up front."""
         rows = self.store.labeled_regions(rid)
-        train: list[LabeledSample] = []
-        held: list[LabeledSample] = []
         for row in rows:
-            crop_png, _, ann_png = self.store.read_region(row)
-            crop = decode_rgb(crop_png, what=f"region {row.region_id} crop")
-            label = decode_mask(ann_png, what=f"region {row.region_id} annotation")
-            sample = region_training_sample(crop, label, row.box, row.frame_size, self.train_hw)
-            out = (
-                held
-                if is_held_out(row.region_id, self.settings.holdout_every, len(rows))
-                else train
-            )
-            out.append(sample)
+            RegionSamples(self.store, [row], self.train_hw)[0]
+        every = self.settings.holdout_every
+        held_ids = {r.region_id for r in rows if is_held_out(r.region_id, every, len(rows))}
+        held = [r for r in rows if r.region_id in held_ids]
+        train = [r for r in rows if r.region_id not in held_ids]
         if not train:  # every region hashed into the held-out share: train on them all
             train, held = held, []
-        return train, held
+        return (
+            RegionSamples(self.store, train, self.train_hw),
+            RegionSamples(self.store, held, self.train_hw),
+            RegionSamples(self.store, rows, self.train_hw),
+        )
 
     def _metrics(
         self, model: SegNet, regions: Sequence[LabeledSample], held: Sequence[LabeledSample]
     ) -> dict[str, float]:
+        """New domain (rural frames, all labeled regions, held-out ones) and old domain."""
         n = self.settings.eval_frames
         out = {
             "miou_rural": round(evaluate(model, self._cached("rural", n)), 6),
             "miou_urban": round(evaluate(model, self._cached("urban", n)), 6),
-            "miou_regions": round(evaluate(model, [*regions, *held]), 6),
+            "miou_regions": round(evaluate(model, regions), 6),
         }
         if held:
             out["miou_heldout"] = round(evaluate(model, held), 6)
@@ -354,12 +352,12 @@ class FinetuneRunner:
         try:
             parent_path = self._parent(rid)
             model, meta = load_checkpoint(parent_path)
-            samples, held = self._samples(rid)
+            samples, held, labeled = self._samples(rid)
             if not samples:
                 raise ModelError(f"no labeled regions of {rid} could be read")
             replay = self._cached("replay", self.settings.replay_frames)
             self._check(job)
-            before = self._metrics(model, samples, held)
+            before = self._metrics(model, labeled, held)
             self._check(job)
             result = finetune(
                 model,
@@ -375,7 +373,7 @@ class FinetuneRunner:
             )
             if result.cancelled:
                 raise _Cancelled
-            after = self._metrics(model, samples, held)
+            after = self._metrics(model, labeled, held)
             self._check(job)
             version = self._next_version(rid)
             path = self.store.model_path(version)
