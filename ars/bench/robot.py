@@ -124,7 +124,7 @@ async def _agent_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 # a loaded machine (e.g. other benches starting) can stall the first frames:
                 # measure over at least MIN_FRAMES, however long they take (bounded)
                 deadline = time.perf_counter() + 60.0
-                while len(done_at) < MIN_FRAMES and time.perf_counter() < deadline:
+                while len(done_at) < MIN_FRAMES and time.perf_counter() < deadline:  # noqa: ASYNC110
                     await asyncio.sleep(0.1)
                 cpu1, t1 = os.times(), time.perf_counter()
                 n = len(done_at)
