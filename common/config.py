@@ -74,6 +74,9 @@ class RobotSettings(_Section):
     preview_fps: float = Field(5.0, ge=0, le=60)
     preview_quality: int = Field(80, ge=10, le=100)
     select_ratio: float = Field(0.2, gt=0, le=1)
+    selection: Literal["top", "diverse"] = Field(
+        "top", description="top: the paper's top frames; diverse: spread along the route"
+    )
     region_frac: float = Field(0.5, gt=0, le=1)
     max_candidates: int = Field(5000, ge=10, le=1_000_000)
     model: Path | None = Field(None, description="initial checkpoint; default: the shipped base")
@@ -100,7 +103,7 @@ class ServerSettings(_Section):
     """The server agent: stores, fine-tuning and model publishing."""
 
     iterations: int = Field(100, ge=1, le=1_000_000)
-    lr: float = Field(2.5e-4, gt=0, le=1)
+    lr: float = Field(5e-3, gt=0, le=1)  # tuned once on label-efficiency seed 11
     batch_size: int = Field(4, ge=1, le=512)
     replay_share: float = Field(0.5, ge=0, lt=1)
     train_width: int = Field(320, ge=32, le=4096)

@@ -155,6 +155,7 @@ class RobotAgent:
             robot_id=self.rid,
             store=self.store,
             select_ratio=rs.select_ratio,
+            select_rule=rs.selection,
             max_payload_bytes=self.settings.mqtt.max_payload_bytes,
             ack_timeout=self._ack_timeout,
         )

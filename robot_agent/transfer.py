@@ -19,7 +19,7 @@ from common.errors import StorageError, TransferError
 from common.mqtt import MqttLink
 from common.schemas import RegionHeader, RegionsAck, TransferManifest, new_id
 from common.topics import Topics
-from models.selection import select_top
+from models.selection import select_diverse, select_top
 from robot_agent.candidates import Candidate, CandidateStore
 
 logger = logging.getLogger(__name__)
@@ -56,11 +56,20 @@ class TransferReport:
         }
 
 
-def select(candidates: list[Candidate], ratio: float) -> list[Candidate]:
-    """The top ``ceil(ratio * n)`` by score (ties: older first): ``models.selection.select_top``,
-    the one rule the label-efficiency benchmark measures."""
+def select(candidates: list[Candidate], ratio: float, rule: str = "top") -> list[Candidate]:
+    """``ceil(ratio * n)`` candidates by ``models.selection``, the rules the label-efficiency
+    benchmark measures. "top": the highest scores (the paper's; ties: older first). "diverse":
+    hardest first, no two within 1/ratio frames of each other (in processing order) while the
+    hardest allow it, so near-duplicate frames of one stretch of road do not fill the budget."""
     oldest_first = sorted(candidates, key=lambda c: c.ts)
-    return [oldest_first[i] for i in select_top([c.score for c in oldest_first], ratio)]
+    scores = [c.score for c in oldest_first]
+    if rule == "diverse":
+        picked = select_diverse(scores, ratio, range(len(scores)), 1.0 / ratio)
+    elif rule == "top":
+        picked = select_top(scores, ratio)
+    else:
+        raise ValueError(f"selection rule must be 'top' or 'diverse', got {rule!r}")
+    return [oldest_first[i] for i in picked]
 
 
 def full_frames_bytes(candidates: list[Candidate]) -> int:
@@ -81,6 +90,7 @@ class DataTransfer:
         store: CandidateStore,
         select_ratio: float,
         max_payload_bytes: int,
+        select_rule: str = "top",
         ack_timeout: float = 15.0,
     ) -> None:
         self.link = link
@@ -88,6 +98,7 @@ class DataTransfer:
         self.robot_id = robot_id
         self.store = store
         self.select_ratio = select_ratio
+        self.select_rule = select_rule
         self.max_payload_bytes = max_payload_bytes
         self.ack_timeout = ack_timeout
         self._pending: dict[str, asyncio.Future[RegionsAck]] = {}
@@ -109,7 +120,7 @@ class DataTransfer:
         considered = await asyncio.to_thread(self.store.unsent)
         if not considered:
             raise TransferError("no candidates since the last transfer")
-        chosen = select(considered, self.select_ratio)
+        chosen = select(considered, self.select_ratio, self.select_rule)
         transfer_id = new_id()
         topic = self.topics.robot_regions(self.robot_id)
         future: asyncio.Future[RegionsAck] = asyncio.get_running_loop().create_future()

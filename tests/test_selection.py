@@ -157,3 +157,23 @@ def test_bench_runs_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
     for key in ("ars_minus_random", "urban_drop_ars", "ars_gain_over_full_gain", "seconds"):
         assert key in out
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_robot_diverse_rule_spreads_over_the_route() -> None:
+    # 50 frames in processing order; the hardest ten are all in frames 10-19
+    scores = [0.1] * 50
+    for i in range(10, 20):
+        scores[i] = 1.0 + i / 100
+    cands = [
+        Candidate(f"r{i}", f"f{i}", s, 0.5, 0.5, (0, 0, 2, 2), (4, 4), "v", float(i))
+        for i, s in enumerate(scores)
+    ]
+    top = [int(c.frame_id[1:]) for c in select(cands, 0.2)]
+    diverse = [int(c.frame_id[1:]) for c in select(cands, 0.2, "diverse")]
+    assert len(top) == len(diverse) == 10
+    assert sorted(top) == list(range(10, 20))
+    assert diverse[:2] == [19, 14]  # hardest first, then the hardest 5 or more frames away
+    gaps = [abs(a - b) for i, a in enumerate(diverse) for b in diverse[:i]]
+    assert min(gaps) >= 5  # the low-score frames elsewhere fill the rest, still spread
+    with pytest.raises(ValueError, match="selection rule"):
+        select(cands, 0.2, "newest")

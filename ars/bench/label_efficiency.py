@@ -54,7 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay-frames", type=int, default=None, help="default: server's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: server's")
     parser.add_argument("--ratio", type=float, default=None, help="default: robot's select_ratio")
-    parser.add_argument("--min-gap", type=float, default=3.0, help="diverse: frames apart")
+    parser.add_argument(
+        "--min-gap", type=float, default=None, help="diverse: frames apart (default 1/ratio)"
+    )
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to run")
     parser.add_argument("--checkpoint", default=None, help="checkpoint (default: shipped base)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -254,6 +256,8 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     n_eval = args.eval_frames or preset["eval_frames"]
     rs, ss = settings.robot, settings.server
     ratio = args.ratio or rs.select_ratio
+    # one frame per stretch of 1/ratio frames at most, while the hardest allow it
+    min_gap = args.min_gap if args.min_gap is not None else 1.0 / ratio
     recipe = Recipe(
         iterations=args.iterations or ss.iterations,
         lr=args.lr or ss.lr,
@@ -305,7 +309,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             rand.append((f.frame_id, f.image[y : y + h, x : x + w].copy(), box, frame_hw))
         picks["random"] = rand
     if "diverse" in wanted:
-        idx = select_diverse(scores, ratio, [m.index for m in mined], args.min_gap)
+        idx = select_diverse(scores, ratio, [m.index for m in mined], min_gap)
         picks["diverse"] = [_mined_pick(mined[i]) for i in idx]
     index_of = {m.frame_id: m.index for m in mined}
 
@@ -354,7 +358,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             "batch_size": recipe.batch_size,
             "replay_share": recipe.replay_share,
             "replay_frames": recipe.replay_frames,
-            "min_gap": args.min_gap,
+            "min_gap": min_gap,
         },
         "rows": rows,
     }
