@@ -137,6 +137,9 @@ class RobotState(_IdChecks):
     candidates: int = 0
     unsent_candidates: int = 0
     bytes_sent: int = 0
+    # when this robot process started (s since the epoch, the robot's clock): a new value
+    # tells the server the robot restarted, e.g. in the middle of a model transfer
+    started: float = 0.0
     ts: float = Field(default_factory=now)
 
 

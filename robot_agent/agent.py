@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -71,6 +72,7 @@ class RobotAgent:
         self.settings = settings
         self.rs = settings.robot
         self.rid = settings.robot.id
+        self.started = time.time()
         self.topics = Topics(settings.prefix)
         self.device = resolve_device(self.rs.device)
         self.segmenting = False
@@ -137,7 +139,9 @@ class RobotAgent:
                 )  # fmt: skip
         will = aiomqtt.Will(
             t.robot_state(self.rid),
-            RobotState(robot_id=self.rid, online=False, source=rs.source).to_json(),
+            RobotState(
+                robot_id=self.rid, online=False, source=rs.source, started=self.started
+            ).to_json(),
             qos=1,
             retain=True,
         )
@@ -242,6 +246,7 @@ class RobotAgent:
             candidates=self.store.count,
             unsent_candidates=self.store.unsent_count,
             bytes_sent=self.transfer.bytes_sent_total,
+            started=self.started,
         )
 
     async def _publish(

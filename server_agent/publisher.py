@@ -62,6 +62,7 @@ class ModelPublisher:
         self.idle_timeout = idle_timeout
         self._transfers: dict[str, _Transfer] = {}
         self._known_active: dict[str, str | None] = {}
+        self._robot_started: dict[str, float] = {}  # each robot's process start, as it says
 
     # --- command ---------------------------------------------------------------------------
     async def start(self, rid: str, command: Command) -> None:
@@ -72,7 +73,13 @@ class ModelPublisher:
         if not versions:
             raise CommandRejected(f"no new model for {rid}: run Start FineTune first")
         row = versions[0]
-        active_version = (await asyncio.to_thread(self.store.robots)).get(rid)
+        # what the robot said last (set before the registry write completes, so a command
+        # right after a robot's state sees it), else the registry
+        active_version = (
+            self._known_active[rid]
+            if rid in self._known_active
+            else (await asyncio.to_thread(self.store.robots)).get(rid)
+        )
         if row.version == active_version:
             raise CommandRejected(f"no new model for {rid}: {row.version} is already active")
         force = command.args.get("force") is True
@@ -207,7 +214,12 @@ class ModelPublisher:
                     await self.outbox.failed(
                         command,
                         rid,
-                        f"{rid} refused {row.version}: {status.error or status.state}",
+                        (
+                            f"{rid} refused {row.version}"
+                            if status.state == "rejected"
+                            else f"transfer of {row.version} to {rid} failed"
+                        )
+                        + f": {status.error or status.state}",
                         version=row.version,
                         state=status.state,
                     )
@@ -236,6 +248,20 @@ class ModelPublisher:
         state = parse_json(RobotState, payload, where=topic)
         if state.robot_id != rid:
             raise ProtocolError(f"robot_id {state.robot_id!r} differs from the topic's {rid!r}")
+        previous_start = self._robot_started.get(rid)
+        self._robot_started[rid] = state.started
+        transfer = self._transfers.get(rid)
+        if transfer is not None and previous_start is not None and state.started != previous_start:
+            # a new robot process: what the old one had received is gone, it will never report
+            # on this transfer; end it now so a Transfer Model after the restart is not refused
+            transfer.statuses.put_nowait(
+                ModelStatus(
+                    robot_id=rid,
+                    version=transfer.row.version,
+                    state="failed",
+                    error="the robot restarted during the transfer",
+                )
+            )
         if state.model is not None:
             await self._record(rid, state.model.version, "state")
         elif rid not in self._known_active:

@@ -129,7 +129,8 @@ async def test_robot_sigkill_during_model_swap_runs_last_good_model(
             assert state.model is not None and state.model.version in ("base", row.version)
             assert state.model.sha256 in (base_sha, row.sha256)
             if state.model.version != row.version:
-                await op.send("transfer_model")
+                answer = await op.answer(await op.send("transfer_model"), timeout=120)
+                assert answer.kind == "done", f"transfer_model: {answer.kind}: {answer.msg}"
             await op.robot_runs(row.version, timeout=120)
         finally:
             await end(proc)

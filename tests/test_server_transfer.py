@@ -148,3 +148,25 @@ async def test_gate_refuses_a_worse_model_unless_forced(
             ev = await op.event(command.id, ("done", "failed"))
             assert ev.kind == "failed" and "dry run failed" in ev.msg
             assert server.store.robots()[RID] == "base-tiny"
+
+
+async def test_a_robot_restart_ends_its_transfer_and_a_new_one_starts(
+    broker: BrokerHandle, tmp_path: Path
+) -> None:
+    settings = server_settings(broker, tmp_path / "server")
+    register(tmp_path / "server", f"{RID}-v1", rural=0.40, rural_before=0.35)
+    async with operator(broker) as op, robot_peer(broker) as robot:
+        state = RobotState(robot_id=RID, online=True, model=ModelRef(version="base-tiny"))
+        await robot.link.publish(TOPICS.robot_state(RID), state.to_json(), retain=True)
+        async with ServerAgent(settings) as server:
+            await server.wait_connected()
+            command = await op.command(RID, "transfer_model")
+            assert (await op.event(command.id, ("accepted", "rejected"))).kind == "accepted"
+            # the robot process restarts before it reports anything: a new start time
+            restarted = state.model_copy(update={"started": state.started + 5.0})
+            await robot.link.publish(TOPICS.robot_state(RID), restarted.to_json(), retain=True)
+            ev = await op.event(command.id, ("done", "failed"))
+            assert ev.kind == "failed" and "restarted during the transfer" in ev.msg
+            again = await op.command(RID, "transfer_model")
+            assert (await op.event(again.id, ("accepted", "rejected"))).kind == "accepted"
+            assert server.store.robots()[RID] == "base-tiny"
