@@ -69,7 +69,9 @@ class RobotSettings(_Section):
     height: int = Field(480, ge=32, le=4096)
     infer_width: int = Field(320, ge=32, le=4096)
     infer_height: int = Field(240, ge=32, le=4096)
-    threads: int = Field(2, ge=1, le=256)
+    threads: int = Field(
+        0, ge=0, le=256, description="torch threads for inference; 0: all cores but one"
+    )
     device: str = Field("auto", description="auto, cpu or cuda")
     preview_fps: float = Field(5.0, ge=0, le=60)
     preview_quality: int = Field(80, ge=10, le=100)

@@ -40,7 +40,13 @@ from models.checkpoint import DEFAULT_CHECKPOINT
 from robot_agent.candidates import CandidateStore
 from robot_agent.commands import RobotCommands
 from robot_agent.frames import preview_payload, region_parts
-from robot_agent.inference import FrameResult, InferenceWorker, ModelSlot, resolve_device
+from robot_agent.inference import (
+    FrameResult,
+    InferenceWorker,
+    ModelSlot,
+    inference_threads,
+    resolve_device,
+)
 from robot_agent.mailbox import LatestMailbox
 from robot_agent.model_store import ModelFiles
 from robot_agent.model_update import ModelUpdater
@@ -108,7 +114,7 @@ class RobotAgent:
 
     async def _start(self) -> None:
         rs, data_dir = self.rs, self.settings.data_dir
-        torch.set_num_threads(rs.threads)
+        torch.set_num_threads(inference_threads(rs.threads))
         self.files = ModelFiles(data_dir / "models")
         fallback = rs.model or DEFAULT_CHECKPOINT
         loaded = await asyncio.to_thread(self.files.load_last_good, Path(fallback), self.device)

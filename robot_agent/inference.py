@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -62,6 +63,15 @@ class ModelSlot:
         old, self._current = self._current, new
         self.swaps += 1
         return old
+
+
+def inference_threads(configured: int) -> int:
+    """Torch threads for inference: as configured, or (0) every core but one, which is left to
+    the camera and to storing the previous frame while this one is inferred; measured on 2
+    cores: 1 thread 14.1 fps, 2 threads 11.5 fps (``ars bench robot``)."""
+    if configured > 0:
+        return configured
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def resolve_device(device: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from common.envelope import decode
 from common.schemas import RegionHeader, RegionsAck, TransferManifest
 from robot_agent.agent import RobotAgent
+from robot_agent.transfer import select
 from tests.conftest import BrokerHandle
 from tests.test_robot_support import RID, Operator, Received, robot_settings
 
@@ -62,7 +63,9 @@ async def test_transfer_data_marks_only_acked_and_reports_bytes(
         n = robot.store.unsent_count
         k = math.ceil(0.2 * n)
         before = {c.region_id: c for c in robot.store.unsent()}
-        top = sorted(before.values(), key=lambda c: -c.score)[:k]
+        # the configured rule (default "diverse"), hardest first, exactly ceil(0.2 n)
+        top = select(list(before.values()), 0.2, robot.rs.selection)
+        assert len(top) == k and top[0].score == max(c.score for c in before.values())
 
         # no ack within the timeout: failed, nothing marked
         ref = await op.send("transfer_data")

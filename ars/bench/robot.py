@@ -157,7 +157,7 @@ async def _agent_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "cpu_ms_per_frame": r(cpu_used * 1000.0 / fps, 1) if fps > 0 else None,
         "camera": f"sim:rural {rs.width}x{rs.height} at {rs.camera_fps:g} fps",
         "infer_size": f"{rs.infer_width}x{rs.infer_height}",
-        "threads": rs.threads,
+        "threads": inference_mod.inference_threads(rs.threads),
         "preview_fps": rs.preview_fps,
         "arch": arch,
         "model": ckpt.name,
