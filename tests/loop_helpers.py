@@ -45,7 +45,7 @@ FRAMES = 48
 #: server fine-tune settings: few iterations, small replay and evaluation sets
 SERVER: dict[str, Any] = {
     "iterations": 100,
-    "lr": 0.01,
+    "lr": 0.05,
     "batch_size": 4,
     "train_width": HW[1],
     "train_height": HW[0],
