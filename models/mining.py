@@ -68,22 +68,36 @@ def mine(
     # numpy's argmax over the class axis is ~3x faster than torch's here (first maximum wins)
     pred = lowres_logits.detach().float().cpu().numpy().argmax(0)
     low_h, low_w = entropy.shape
-    frame_h, frame_w = frame_hw
-    win_h, win_w = _check(
-        entropy, max(1, round(region_frac * low_h)), max(1, round(region_frac * low_w))
-    )
+    win_h, win_w = _check(entropy, *window_size((low_h, low_w), region_frac))
     y, x, region = hardest_window(entropy, win_h, win_w)
+    return MiningResult(
+        score=frame_score(entropy, pred),
+        mean_entropy=float(entropy.mean(dtype=np.float64)),
+        box=window_box((y, x), (win_h, win_w), (low_h, low_w), frame_hw, region_frac),
+        region_entropy=region,
+    )
+
+
+def window_size(low_hw: tuple[int, int], region_frac: float) -> tuple[int, int]:
+    """(h, w) of the mining window on a low-resolution map of `low_hw`."""
+    return max(1, round(region_frac * low_hw[0])), max(1, round(region_frac * low_hw[1]))
+
+
+def window_box(
+    at: tuple[int, int],
+    win_hw: tuple[int, int],
+    low_hw: tuple[int, int],
+    frame_hw: tuple[int, int],
+    region_frac: float,
+) -> tuple[int, int, int, int]:
+    """The frame-pixel box (x, y, w, h) of the low-resolution window at (y, x)."""
+    (y, x), (win_h, win_w), (low_h, low_w) = at, win_hw, low_hw
+    frame_h, frame_w = frame_hw
     box_w = min(max(1, round(region_frac * frame_w)), frame_w)
     box_h = min(max(1, round(region_frac * frame_h)), frame_h)
-    box = (
+    return (
         _place(x, win_w, low_w, frame_w, box_w),
         _place(y, win_h, low_h, frame_h, box_h),
         box_w,
         box_h,
-    )
-    return MiningResult(
-        score=frame_score(entropy, pred),
-        mean_entropy=float(entropy.mean(dtype=np.float64)),
-        box=box,
-        region_entropy=region,
     )

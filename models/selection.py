@@ -13,10 +13,12 @@ import numpy as np
 
 __all__ = [
     "budget_count",
+    "grid_windows",
     "random_window",
     "select_diverse",
     "select_random",
     "select_top",
+    "spread_windows",
 ]
 
 # ceil(0.2 * 5) must be 1, not 2: 0.2 * 5 is 1.0000000000000002 in floating point.
@@ -89,3 +91,36 @@ def random_window(
     x = int(rng.integers(0, fw - w + 1))
     y = int(rng.integers(0, fh - h + 1))
     return x, y, w, h
+
+
+def grid_windows(
+    shape: tuple[int, int], win_hw: tuple[int, int], grid: int
+) -> list[tuple[int, int]]:
+    """(y, x) of `grid` x `grid` evenly spaced `win_hw` windows covering a map of `shape`."""
+    (h, w), (wh, ww) = shape, win_hw
+    ys = np.linspace(0, max(0, h - wh), grid).round().astype(int)
+    xs = np.linspace(0, max(0, w - ww), grid).round().astype(int)
+    return [(int(y), int(x)) for y in ys for x in xs]
+
+
+def spread_windows(
+    entropies: Sequence[np.ndarray], win_hw: tuple[int, int], grid: int = 3
+) -> list[tuple[int, int]]:
+    """One window per map (in the order given, hardest frame first), spread over the image.
+
+    Each map takes the hardest of the grid positions used least so far, so k frames use the
+    ``grid * grid`` positions about equally: the hardest-window rule puts most windows on the
+    same road edge, and what a model gets wrong in a new domain (sky, trees, fences) is
+    elsewhere in the image too.
+    """
+    used: dict[tuple[int, int], int] = {}
+    out = []
+    for ent in entropies:
+        cells = grid_windows(ent.shape, win_hw, grid)
+        least = min(used.get(c, 0) for c in cells)
+        free = [c for c in cells if used.get(c, 0) == least]
+        wh, ww = win_hw
+        best = max(free, key=lambda c: float(ent[c[0] : c[0] + wh, c[1] : c[1] + ww].mean()))
+        used[best] = used.get(best, 0) + 1
+        out.append(best)
+    return out

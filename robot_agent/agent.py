@@ -201,6 +201,7 @@ class RobotAgent:
     async def _shutdown(self) -> None:
         """Stop every task, then say goodbye (retained offline state) while the link is up."""
         self.segmenting = False
+        self.slot.frames_flowing = False
         self._seg_on.clear()
         await self.updater.close()
         tasks = list(self._tasks)
@@ -402,6 +403,7 @@ class RobotAgent:
     # --- segmentation ----------------------------------------------------------------------------
     async def begin_segmentation(self) -> None:
         self.segmenting = True
+        self.slot.frames_flowing = True
         self.fps = 0.0
         self._last_frame_t = None
         self._last_preview = 0.0
@@ -411,6 +413,7 @@ class RobotAgent:
     async def end_segmentation(self) -> None:
         """Stop taking frames; returns once the frame in flight (if any) is stored."""
         self.segmenting = False
+        self.slot.frames_flowing = False
         self._seg_on.clear()
         self.mailbox.clear()
         with contextlib.suppress(TimeoutError):

@@ -7,13 +7,17 @@ rollback) takes effect between two frames, never in the middle of one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import os
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +32,7 @@ from robot_agent.mailbox import LatestMailbox
 from robot_agent.sources import CameraFrame
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,11 +53,31 @@ class LoadedModel:
 
 
 class ModelSlot:
-    """The running model; replaced by one reference assignment (atomic for the worker)."""
+    """The running model; replaced by one reference assignment (atomic for the worker).
+
+    It also takes turns on the CPU between the worker's forward passes and install work
+    that would stall them. Loading a checkpoint is Python work that holds the GIL (the
+    weights-only unpickler, building the module tree) and a dry run is a forward pass: run
+    next to a frame, either stretched that frame by all of it (the GIL convoy: a 200 ms
+    Python loop made a 44 ms frame take 240, ``ars bench transfer``'s swap pause). While
+    frames flow, each such step starts right after a forward pass ends, in the slack before
+    the next camera frame, and holds the next forward back until it is done: no frame waits
+    for more than one step, and steps never overlap a forward.
+    """
+
+    #: While segmenting, a forward pass within this long means frames flow: steps take turns.
+    SEGMENTING_WINDOW_S = 0.5
+    #: How long a step waits for its turn at most (a stalled camera must not stall installs).
+    TURN_TIMEOUT_S = 0.5
 
     def __init__(self, loaded: LoadedModel) -> None:
         self._current = loaded
         self.swaps = 0
+        self._turns = threading.Condition()
+        self._forwards = 0
+        self._last_forward = -math.inf
+        #: Set by the agent while it segments: only then do install steps wait for frames.
+        self.frames_flowing = False
 
     @property
     def current(self) -> LoadedModel:
@@ -63,6 +88,30 @@ class ModelSlot:
         old, self._current = self._current, new
         self.swaps += 1
         return old
+
+    @contextlib.contextmanager
+    def forward_pass(self) -> Iterator[None]:
+        """Held by the worker for each frame's forward pass."""
+        with self._turns:
+            yield
+            self._forwards += 1
+            self._last_forward = time.monotonic()
+            self._turns.notify_all()
+
+    @contextlib.contextmanager
+    def between_frames(self) -> Iterator[None]:
+        """Held by one install step (load, build, dry run): runs it between two frames."""
+        with self._turns:
+            recent = time.monotonic() - self._last_forward < self.SEGMENTING_WINDOW_S
+            if self.frames_flowing and recent:
+                seen = self._forwards
+                self._turns.wait_for(lambda: self._forwards > seen, self.TURN_TIMEOUT_S)
+            yield
+
+    def run_between_frames(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` inside `between_frames`: blocking, call it in a thread."""
+        with self.between_frames():
+            return fn(*args, **kwargs)
 
 
 def inference_threads(configured: int) -> int:
@@ -178,8 +227,9 @@ class InferenceWorker:
         device = next(model.parameters()).device
         size = (self.infer_h, self.infer_w)
         start = time.perf_counter()
-        with torch.inference_mode():
-            low = model.forward_lowres(preprocess(image, size).to(device))[0]
+        x = preprocess(image, size).to(device)
+        with self.slot.forward_pass(), torch.inference_mode():
+            low = model.forward_lowres(x)[0]
         infer_ms = (time.perf_counter() - start) * 1000.0
         frame_hw = (int(image.shape[0]), int(image.shape[1]))
         low = low.float().cpu()

@@ -1,11 +1,12 @@
 """Receiving a model over MQTT, hot-swapping it, and rolling back.
 
 offer -> chunks (ChunkAssembler) -> size + SHA-256 (+ HMAC when ``model_key`` is set) ->
-``verified`` -> load (weights_only) in a thread -> dry inference -> persist current/previous ->
-swap between two frames -> ``active``. Chunks that stop for ``resend_timeout`` with some missing
-make a ``receiving`` status listing them, and the server resends those. Any failure answers
-``rejected`` (the artifact is bad) or ``failed`` (the robot could not install it) with the
-reason; the running model is untouched until the swap, which cannot fail.
+``verified`` -> read (weights_only), build, dry inference (each in a thread, between two of
+the worker's frames) -> persist current/previous -> swap between two frames -> ``active``.
+Chunks that stop for ``resend_timeout`` with some missing make a ``receiving`` status listing
+them, and the server resends those. Any failure answers ``rejected`` (the artifact is bad) or
+``failed`` (the robot could not install it) with the reason; the running model is untouched
+until the swap, which cannot fail.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from common.envelope import decode
 from common.errors import ArsError, CommandRejected, ModelError, ProtocolError, TransferError
 from common.hashing import digests_equal, hmac_sha256
 from common.schemas import ChunkHeader, ModelOffer, ModelState, ModelStatus, parse_json, validate
-from models.checkpoint import load_checkpoint
+from models.checkpoint import build_from, read_checkpoint
+from models.network import SegNet
 from robot_agent.inference import LoadedModel, ModelSlot, dry_run
 from robot_agent.model_store import ModelFiles
 
@@ -85,6 +87,9 @@ class ModelUpdater:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self.corrupt_chunks = 0
+        # the model the last swap replaced: the next install builds into it (see build_from);
+        # safe because no forward pass overlaps an install step (ModelSlot.between_frames)
+        self._spare: SegNet | None = None
 
     @property
     def busy(self) -> bool:
@@ -262,25 +267,35 @@ class ModelUpdater:
                 await self._refuse(offer, "rejected", str(exc))
                 return
             await self._send(offer.version, "verified", rx=rx)
+            # each step that would stall a frame (GIL-bound reading and building, the dry
+            # run) runs between two of the worker's frames: see ModelSlot
+            between = self.slot.run_between_frames
             try:
-                model, meta = await asyncio.to_thread(load_checkpoint, data, device=self.device)
+                weights, meta = await asyncio.to_thread(
+                    between, read_checkpoint, data, device=self.device
+                )
                 if meta.version != offer.version or meta.arch != offer.arch:
                     raise ModelError(
                         f"checkpoint is {meta.arch} version {meta.version}, "
                         f"offer says {offer.arch} version {offer.version}"
                     )
+                spare, self._spare = self._spare, None
+                model = await asyncio.to_thread(
+                    between, build_from, weights, meta, self.device, spare
+                )
+                del weights
             except ModelError as exc:
                 await self._refuse(offer, "rejected", str(exc))
                 return
             new = LoadedModel(model=model, meta=meta, sha256=offer.sha256)
             try:
-                await asyncio.to_thread(dry_run, model, self.infer_hw, len(meta.classes))
+                await asyncio.to_thread(between, dry_run, model, self.infer_hw, len(meta.classes))
                 running = self.slot.current
                 new = await asyncio.to_thread(self.files.install, data, new, running)
             except (ArsError, RuntimeError, ValueError) as exc:
                 await self._refuse(offer, "failed", str(exc))
                 return
-            self.slot.swap(new)
+            self._spare = self.slot.swap(new).model
             logger.info("robot %s: model %s active", self.robot_id, offer.version)
             await self._send(offer.version, "active", rx=rx)
             await self._event("info", f"model {offer.version} active (was {running.version})")
@@ -302,10 +317,14 @@ class ModelUpdater:
             if digests_equal(previous.sha256, running.sha256):
                 raise CommandRejected("the previous model is the running one")
             await asyncio.to_thread(
-                dry_run, previous.model, self.infer_hw, len(previous.meta.classes)
+                self.slot.run_between_frames,
+                dry_run,
+                previous.model,
+                self.infer_hw,
+                len(previous.meta.classes),
             )
             installed = await asyncio.to_thread(self.files.rollback, previous, running)
-            self.slot.swap(installed)
+            self._spare = self.slot.swap(installed).model
             await self._send(installed.version, "rolled_back")
             await self._changed()
             return running.version, installed.version

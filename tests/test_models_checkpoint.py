@@ -56,6 +56,20 @@ def test_fp16_loads_back_to_fp32(model: SegNet, tmp_path: Path) -> None:
         assert torch.allclose(loaded(_x()), model(_x()), atol=2e-2)
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_one_storage_per_type_and_exact_fp32_weights(model: SegNet, dtype: str) -> None:
+    data = checkpoint_bytes(model, arch="tiny", version="v1", dtype=dtype)  # type: ignore[arg-type]
+    raw = torch.load(io.BytesIO(data), weights_only=True)["weights"]
+    storages = {(t.untyped_storage().data_ptr(), t.dtype) for t in raw.values()}
+    assert len(storages) == len({t.dtype for t in raw.values()})  # shared: a fast unpickle
+    loaded, _ = load_checkpoint(data)
+    state = loaded.state_dict()
+    assert set(state) == set(raw)
+    for name, tensor in raw.items():  # each weight is its own stored value, converted exactly
+        expected = tensor.float() if tensor.is_floating_point() else tensor
+        assert state[name].dtype == expected.dtype and torch.equal(state[name], expected), name
+
+
 def test_bytes_round_trip_and_sha_is_deterministic(model: SegNet) -> None:
     data = checkpoint_bytes(model, arch="tiny", version="v2")
     loaded, meta = load_checkpoint(data)
@@ -114,3 +128,19 @@ def test_wrong_arch_classes_and_fields(model: SegNet, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="unknown arch"):
         save_checkpoint(tmp_path / "x.pt", model, arch="resnet", version="v1")
     assert not list(tmp_path.iterdir())
+
+
+def test_build_into_a_spare_network_or_afresh_when_it_does_not_fit(model: SegNet) -> None:
+    from models.checkpoint import build_from, read_checkpoint
+
+    weights, meta = read_checkpoint(checkpoint_bytes(model, arch="tiny", version="v1"))
+    spare = build_model("tiny")
+    built = build_from(weights, meta, reuse=spare)
+    assert built is spare and not built.training
+    with torch.no_grad():
+        assert torch.equal(built(_x()), model(_x()))
+    other = build_model("tiny", num_classes=5)  # same arch, other classes: not reusable
+    fresh = build_from(weights, meta, reuse=other)
+    assert fresh is not other
+    with torch.no_grad():
+        assert torch.equal(fresh(_x()), model(_x()))

@@ -228,3 +228,43 @@ def test_box_mask_matches_the_full_frame_upsampling() -> None:
         got = class_mask(low, (120, 160), box)
         assert got.shape == (h, w) and got.dtype == np.uint8
         assert (got == expected[y : y + h, x : x + w]).mean() > 0.999
+
+
+def test_install_steps_take_turns_with_frames_and_do_not_wait_when_idle(tmp_path: Path) -> None:
+    import itertools
+    import threading
+    import time
+
+    from models.checkpoint import load_checkpoint
+    from robot_agent.inference import LoadedModel, ModelSlot
+
+    model, meta = load_checkpoint(tiny_checkpoint(tmp_path / "m.pt", "v1"))
+    slot = ModelSlot(LoadedModel(model=model, meta=meta, sha256="0" * 64))
+    # idle (no frame for a while): a step runs at once, twice in a row
+    t0 = time.monotonic()
+    assert slot.run_between_frames(lambda: 1) == 1 and slot.run_between_frames(lambda: 2) == 2
+    assert time.monotonic() - t0 < 0.1
+    log: list[str] = []
+    stop = threading.Event()
+
+    def frames() -> None:
+        while not stop.is_set():
+            with slot.forward_pass():
+                log.append("frame")
+                time.sleep(0.01)
+            time.sleep(0.002)  # mining, handing on: the step may take the turn now
+
+    slot.frames_flowing = True
+    worker = threading.Thread(target=frames)
+    worker.start()
+    try:
+        time.sleep(0.05)
+        for i in range(5):
+            slot.run_between_frames(log.append, f"step{i}")
+    finally:
+        stop.set()
+        worker.join()
+    steps = [i for i, entry in enumerate(log) if entry.startswith("step")]
+    assert len(steps) == 5
+    # while frames flow, at least one frame passes between two steps: no frame waits for two
+    assert all(b - a >= 2 for a, b in itertools.pairwise(steps))

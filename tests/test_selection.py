@@ -13,7 +13,7 @@ import pytest
 from ars.bench import label_efficiency
 from common.config import Settings
 from models.checkpoint import save_checkpoint
-from models.mining import mine
+from models.mining import mine, window_box
 from models.network import build_model
 from models.selection import (
     budget_count,
@@ -21,6 +21,7 @@ from models.selection import (
     select_diverse,
     select_random,
     select_top,
+    spread_windows,
 )
 from robot_agent.candidates import Candidate
 from robot_agent.transfer import select
@@ -112,6 +113,24 @@ def test_windows_lie_inside_the_frame() -> None:
         assert (bw, bh) == (320, 240) and 0 <= bx <= 320 and 0 <= by <= 240
 
 
+def test_spread_windows_use_the_grid_evenly_and_the_hardest_free_cell() -> None:
+    # every map is hardest at the bottom right: the mined window would always sit there
+    maps = []
+    for i in range(18):
+        ent = np.zeros((30, 40), dtype=np.float32)
+        ent[15:, 20:] = 1.0
+        ent[0, i % 40] = 0.5  # a little per-map variation
+        maps.append(ent)
+    spots = spread_windows(maps, (15, 20), grid=3)
+    assert spots[0] == (15, 20)  # the first frame gets its hardest window
+    counts = {s: spots.count(s) for s in set(spots)}
+    assert len(counts) == 9 and set(counts.values()) == {2}  # 18 windows, 9 cells, 2 each
+    for y, x in spots:  # every window inside the map; its frame box inside the frame
+        assert 0 <= y <= 15 and 0 <= x <= 20
+        bx, by, bw, bh = window_box((y, x), (15, 20), (30, 40), (480, 640), 0.5)
+        assert (bw, bh) == (320, 240) and 0 <= bx <= 320 and 0 <= by <= 240
+
+
 def test_pixel_budget_is_exactly_five_percent() -> None:
     n = 150
     boxes = [(0, 0, 320, 240)] * budget_count(0.2, n)
@@ -147,8 +166,8 @@ def test_bench_runs_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
     out = label_efficiency.run(args, Settings())
     json.dumps(out)  # serialisable
     assert out["budget_pixels"] == 0.05 and out["selected_frames"] == 2
-    assert set(out["rows"]) == {"base", "ars", "random", "diverse", "full"}
-    for name in ("ars", "random", "diverse"):
+    assert set(out["rows"]) == {"base", "ars", "random", "diverse", "spread", "full"}
+    for name in ("ars", "random", "diverse", "spread"):
         assert out["rows"][name]["pixels"] == pytest.approx(0.05)
         assert out["rows"][name]["frames"] == 2
     assert out["rows"]["full"]["pixels"] == 1.0 and out["rows"]["base"]["pixels"] == 0.0

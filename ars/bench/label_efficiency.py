@@ -13,6 +13,8 @@ of seeds disjoint from the drive's. Rows:
 - ``random``: random frames, random windows of the same size (same 5%);
 - ``diverse``: ``models.selection.select_diverse`` (hardest first, no two frames closer than
   ``--min-gap`` frames on the road), the mined windows (same 5%);
+- ``spread``: the ``diverse`` frames, each with the hardest of the 3x3 grid windows least
+  used so far (``models.selection.spread_windows``), so windows cover the whole image (same 5%);
 - ``full``: every frame fully labeled (100%), at the same scale.
 """
 
@@ -40,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 QUICK = {"frames": 150, "eval_frames": 16}
 FULL = {"frames": 300, "eval_frames": 40}
-ROWS = ("base", "ars", "random", "diverse", "full")
+ROWS = ("base", "ars", "random", "diverse", "spread", "full")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +74,7 @@ class MinedFrame:
     mining: MiningResult
     crop: np.ndarray
     frame_hw: tuple[int, int]
+    entropy: np.ndarray  # normalised entropy at the logits' resolution
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ def mine_frame(
     """Score a frame and find its hardest box exactly as the robot's inference worker does."""
     import torch
 
+    from models.entropy import normalized_entropy
     from models.mining import mine
     from models.network import preprocess
 
@@ -105,7 +109,8 @@ def mine_frame(
     frame_hw = (int(image.shape[0]), int(image.shape[1]))
     m = mine(low.float().cpu(), frame_hw, region_frac)
     x, y, w, h = m.box
-    return MinedFrame(index, frame_id, m, image[y : y + h, x : x + w].copy(), frame_hw)
+    crop = image[y : y + h, x : x + w].copy()
+    return MinedFrame(index, frame_id, m, crop, frame_hw, normalized_entropy(low.float().cpu()))
 
 
 def region_samples(
@@ -238,12 +243,14 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import torch
 
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+    from models.mining import window_box, window_size
     from models.selection import (
         budget_count,
         random_window,
         select_diverse,
         select_random,
         select_top,
+        spread_windows,
     )
     from models.training import heldout_set, source_replay_set
     from server_agent.samples import region_training_sample
@@ -311,6 +318,18 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if "diverse" in wanted:
         idx = select_diverse(scores, ratio, [m.index for m in mined], min_gap)
         picks["diverse"] = [_mined_pick(mined[i]) for i in idx]
+    if "spread" in wanted:
+        idx = select_diverse(scores, ratio, [m.index for m in mined], min_gap)
+        low_hw = mined[0].entropy.shape
+        win_low = window_size(low_hw, rs.region_frac)
+        spread = []
+        spots = spread_windows([mined[i].entropy for i in idx], win_low)
+        for i, at in zip(idx, spots, strict=True):
+            f = drive.frame(i)
+            box = window_box(at, win_low, low_hw, frame_hw, rs.region_frac)
+            x, y, w, h = box
+            spread.append((f.frame_id, f.image[y : y + h, x : x + w].copy(), box, frame_hw))
+        picks["spread"] = spread
     index_of = {m.frame_id: m.index for m in mined}
 
     # 3. Held-out sets (seeds disjoint from the drive's world) and the server's replay set.
