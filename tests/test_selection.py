@@ -166,8 +166,8 @@ def test_bench_runs_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
     out = label_efficiency.run(args, Settings())
     json.dumps(out)  # serialisable
     assert out["budget_pixels"] == 0.05 and out["selected_frames"] == 2
-    assert set(out["rows"]) == {"base", "ars", "random", "diverse", "spread", "full"}
-    for name in ("ars", "random", "diverse", "spread"):
+    assert set(out["rows"]) == {"base", "ars", "random", "diverse", "spread", "novelty", "full"}
+    for name in ("ars", "random", "diverse", "spread", "novelty"):
         assert out["rows"][name]["pixels"] == pytest.approx(0.05)
         assert out["rows"][name]["frames"] == 2
     assert out["rows"]["full"]["pixels"] == 1.0 and out["rows"]["base"]["pixels"] == 0.0

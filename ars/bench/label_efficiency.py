@@ -15,6 +15,9 @@ of seeds disjoint from the drive's. Rows:
   ``--min-gap`` frames on the road), the mined windows (same 5%);
 - ``spread``: the ``diverse`` frames, each with the hardest of the 3x3 grid windows least
   used so far (``models.selection.spread_windows``), so windows cover the whole image (same 5%);
+- ``novelty``: frames by mean feature novelty (``models.novelty``: distance to the old
+  domain's prototype of the predicted class), ``select_diverse``, windows spread over the
+  grid by novelty (same 5%);
 - ``full``: every frame fully labeled (100%), at the same scale.
 """
 
@@ -36,13 +39,15 @@ if TYPE_CHECKING:
 
     from models.mining import MiningResult
     from models.network import SegNet
+    from models.novelty import Prototypes
     from models.training import LabeledSample
+    from simulator.drive import Drive
 
 logger = logging.getLogger(__name__)
 
 QUICK = {"frames": 150, "eval_frames": 16}
 FULL = {"frames": 300, "eval_frames": 40}
-ROWS = ("base", "ars", "random", "diverse", "spread", "full")
+ROWS = ("base", "ars", "random", "diverse", "spread", "novelty", "full")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +80,7 @@ class MinedFrame:
     crop: np.ndarray
     frame_hw: tuple[int, int]
     entropy: np.ndarray  # normalised entropy at the logits' resolution
+    novelty: np.ndarray | None  # feature novelty at the features' resolution (models.novelty)
 
 
 @dataclass(frozen=True)
@@ -96,21 +102,25 @@ def mine_frame(
     image: np.ndarray,
     infer_hw: tuple[int, int],
     region_frac: float,
+    prototypes: Prototypes | None = None,
 ) -> MinedFrame:
-    """Score a frame and find its hardest box exactly as the robot's inference worker does."""
-    import torch
+    """Score a frame and find its hardest box exactly as the robot's inference worker does.
 
+    The logits are ``model.forward_lowres``'s (backbone then classifier, one pass); with
+    `prototypes` the same pass's features give the frame's novelty map too.
+    """
     from models.entropy import normalized_entropy
     from models.mining import mine
     from models.network import preprocess
+    from models.novelty import features_and_logits, novelty_map
 
-    with torch.inference_mode():
-        low = model.forward_lowres(preprocess(image, infer_hw))[0]
+    high, low = features_and_logits(model, preprocess(image, infer_hw))
     frame_hw = (int(image.shape[0]), int(image.shape[1]))
-    m = mine(low.float().cpu(), frame_hw, region_frac)
+    m = mine(low.cpu(), frame_hw, region_frac)
     x, y, w, h = m.box
     crop = image[y : y + h, x : x + w].copy()
-    return MinedFrame(index, frame_id, m, crop, frame_hw, normalized_entropy(low.float().cpu()))
+    novelty = novelty_map(high.cpu(), low.cpu(), prototypes) if prototypes is not None else None
+    return MinedFrame(index, frame_id, m, crop, frame_hw, normalized_entropy(low.cpu()), novelty)
 
 
 def region_samples(
@@ -206,6 +216,28 @@ def _mined_pick(m: MinedFrame) -> Pick:
     return m.frame_id, m.crop, m.mining.box, m.frame_hw
 
 
+def _spread_picks(
+    drive: Drive,
+    idx: Sequence[int],
+    maps: Sequence[np.ndarray],
+    frame_hw: tuple[int, int],
+    region_frac: float,
+) -> list[Pick]:
+    """The frames `idx`, each with its window from `spread_windows` over its score map."""
+    from models.mining import window_box, window_size
+    from models.selection import spread_windows
+
+    map_hw = (int(maps[0].shape[0]), int(maps[0].shape[1]))
+    win = window_size(map_hw, region_frac)
+    out = []
+    for i, at in zip(idx, spread_windows(maps, win), strict=True):
+        frame = drive.frame(i)
+        box = window_box(at, win, map_hw, frame_hw, region_frac)
+        x, y, w, h = box
+        out.append((frame.frame_id, frame.image[y : y + h, x : x + w].copy(), box, frame_hw))
+    return out
+
+
 def stretches(indices: Sequence[int], length: float) -> int:
     """How many distinct stretches of road (blocks of `length` frames) a selection covers."""
     return len({int(i // length) for i in indices})
@@ -230,6 +262,9 @@ def summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
             continue
         row = rows[name]
         out[f"{name}_minus_ars"] = round(row["miou_rural"] - ars["miou_rural"], 4)
+        if name != "random" and "random" in rows:
+            out[f"{name}_minus_random"] = round(row["miou_rural"] - rows["random"]["miou_rural"], 4)
+        out[f"urban_drop_{name}"] = round(base["miou_urban"] - row["miou_urban"], 4)
         if gain is not None and full is not None:
             own = (row["miou_rural"] - base["miou_rural"]) / (
                 full["miou_rural"] - base["miou_rural"]
@@ -243,14 +278,13 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import torch
 
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-    from models.mining import window_box, window_size
+    from models.novelty import class_prototypes
     from models.selection import (
         budget_count,
         random_window,
         select_diverse,
         select_random,
         select_top,
-        spread_windows,
     )
     from models.training import heldout_set, source_replay_set
     from server_agent.samples import region_training_sample
@@ -282,15 +316,27 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     base, meta = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT)
     base.eval()
 
+    # 0. The server's replay set (old-domain frames it holds labels for) and, for `novelty`,
+    #    the old domain's class prototypes computed from it.
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    replay = source_replay_set(recipe.replay_frames, 0, train_hw) if recipe.replay_frames else []
+    prototypes = None
+    if "novelty" in wanted:
+        proto_set = replay or source_replay_set(64, 0, train_hw)
+        prototypes = class_prototypes(base, proto_set, len(meta.classes), infer_hw)
+    timing["replay"] = round(time.perf_counter() - t0, 1)
+
     # 1. The drive, mined as the robot mines it; full frames kept at the training scale.
     drive = Drive("rural", seed=args.seed, width=rs.width, height=rs.height)
     full: list[LabeledSample] = []
-    timing: dict[str, float] = {}
     t0 = time.perf_counter()
     mined: list[MinedFrame] = []
     for i in range(n):
         frame = drive.frame(i)
-        mined.append(mine_frame(base, i, frame.frame_id, frame.image, infer_hw, rs.region_frac))
+        mined.append(
+            mine_frame(base, i, frame.frame_id, frame.image, infer_hw, rs.region_frac, prototypes)
+        )
         if "full" in wanted:
             h, w = frame.label.shape
             full.append(
@@ -320,16 +366,14 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         picks["diverse"] = [_mined_pick(mined[i]) for i in idx]
     if "spread" in wanted:
         idx = select_diverse(scores, ratio, [m.index for m in mined], min_gap)
-        low_hw = mined[0].entropy.shape
-        win_low = window_size(low_hw, rs.region_frac)
-        spread = []
-        spots = spread_windows([mined[i].entropy for i in idx], win_low)
-        for i, at in zip(idx, spots, strict=True):
-            f = drive.frame(i)
-            box = window_box(at, win_low, low_hw, frame_hw, rs.region_frac)
-            x, y, w, h = box
-            spread.append((f.frame_id, f.image[y : y + h, x : x + w].copy(), box, frame_hw))
-        picks["spread"] = spread
+        maps = [mined[i].entropy for i in idx]
+        picks["spread"] = _spread_picks(drive, idx, maps, frame_hw, rs.region_frac)
+    if "novelty" in wanted:
+        novelty_maps = [m.novelty for m in mined if m.novelty is not None]
+        novelty_scores = [float(v.mean()) for v in novelty_maps]
+        idx = select_diverse(novelty_scores, ratio, [m.index for m in mined], min_gap)
+        maps = [novelty_maps[i] for i in idx]
+        picks["novelty"] = _spread_picks(drive, idx, maps, frame_hw, rs.region_frac)
     index_of = {m.frame_id: m.index for m in mined}
 
     # 3. Held-out sets (seeds disjoint from the drive's world) and the server's replay set.
@@ -338,7 +382,6 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         "rural": heldout_set("rural", n_eval, args.seed, infer_hw),
         "urban": heldout_set("urban", n_eval, args.seed, infer_hw),
     }
-    replay = source_replay_set(recipe.replay_frames, 0, train_hw) if recipe.replay_frames else []
     timing["sets"] = round(time.perf_counter() - t0, 1)
 
     # 4. Fine-tune a fresh copy of the base per row, evaluate it.
