@@ -270,7 +270,10 @@ def build_from(
     different arch or shape falls back to the skeleton. Raises ModelError when the weights
     do not fit the arch (names or shapes).
     """
-    fp32 = _as_fp32(weights)
+    try:
+        fp32 = _as_fp32(weights)
+    except RuntimeError as exc:  # a hostile file's strides or offsets: refused, not a crash
+        raise ModelError(f"checkpoint weights cannot be converted to fp32: {exc}") from exc
     model: SegNet | None = None
     if reuse is not None and reuse.arch == meta.arch:
         with contextlib.suppress(RuntimeError):  # other classes: build afresh below
