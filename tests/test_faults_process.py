@@ -14,6 +14,7 @@ for row and file for file, SQLite's integrity check passes, and a new job runs t
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -123,13 +124,28 @@ async def test_robot_sigkill_during_model_swap_runs_last_good_model(
         killed_at = [s.state for s in op.statuses() if s.version == row.version]
         outcomes.append(running_is_good(data_dir, row.version, row.sha256, base_sha))
         # restart: it comes back online on a good model (old or new), and can then take the new
+        old_starts = {s.started for s in op.states()}
         proc = await spawn_cli(argv, log)
         try:
-            state = await op.until(lambda: (s := op.states()) and s[-1].online and s[-1], 120)
+            # the new process's state (the old one's retained "online" may still be the last)
+            state = await op.until(
+                lambda: (
+                    (s := op.states())
+                    and s[-1].online
+                    and s[-1].started not in old_starts
+                    and s[-1]
+                ),
+                120,
+            )
             assert state.model is not None and state.model.version in ("base", row.version)
             assert state.model.sha256 in (base_sha, row.sha256)
             if state.model.version != row.version:
                 answer = await op.answer(await op.send("transfer_model"), timeout=120)
+                for _ in range(10):  # the server may take the command before that same state
+                    if answer.kind != "rejected" or "being transferred" not in answer.msg:
+                        break
+                    await asyncio.sleep(0.5)
+                    answer = await op.answer(await op.send("transfer_model"), timeout=120)
                 assert answer.kind == "done", f"transfer_model: {answer.kind}: {answer.msg}"
             await op.robot_runs(row.version, timeout=120)
         finally:
