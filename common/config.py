@@ -80,6 +80,11 @@ class RobotSettings(_Section):
         "diverse",  # beat "top" by 0.03-0.09 rural mIoU on every label-efficiency seed
         description="top: the paper's top frames; diverse: spread along the route",
     )
+    window: Literal["hardest", "spread"] = Field(
+        "hardest",
+        description="hardest: each frame's hardest window (the paper's); spread: the hardest "
+        "of the 3x3 grid windows used least so far, so windows cover the whole image",
+    )
     region_frac: float = Field(0.5, gt=0, le=1)
     max_candidates: int = Field(5000, ge=10, le=1_000_000)
     model: Path | None = Field(None, description="initial checkpoint; default: the shipped base")
@@ -109,6 +114,9 @@ class ServerSettings(_Section):
     lr: float = Field(5e-3, gt=0, le=1)  # tuned once on label-efficiency seed 11
     batch_size: int = Field(4, ge=1, le=512)
     replay_share: float = Field(0.5, ge=0, lt=1)
+    frozen_blocks: int = Field(
+        7, ge=0, le=1000, description="backbone blocks fine-tuning leaves fixed (stability)"
+    )
     train_width: int = Field(320, ge=32, le=4096)
     train_height: int = Field(240, ge=32, le=4096)
     replay_frames: int = Field(64, ge=0, le=100_000)

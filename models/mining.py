@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,10 +59,21 @@ def _place(start_low: int, win_low: int, low: int, full: int, size: int) -> int:
     return min(max(0, round(centre - size / 2.0)), full - size)
 
 
+#: Picks a window: (normalised entropy map, window (h, w) on it) -> the window's (y, x).
+WindowRule = Callable[[np.ndarray, tuple[int, int]], tuple[int, int]]
+
+
 def mine(
-    lowres_logits: torch.Tensor, frame_hw: tuple[int, int], region_frac: float = 0.5
+    lowres_logits: torch.Tensor,
+    frame_hw: tuple[int, int],
+    region_frac: float = 0.5,
+    window_rule: WindowRule | None = None,
 ) -> MiningResult:
-    """Score a frame and find its hardest region from the low-resolution logits (CxhXw)."""
+    """Score a frame and find its region from the low-resolution logits (CxhXw).
+
+    The region is the hardest window, or the one `window_rule` picks (the robot's
+    ``models.selection.GridSpreader.choose``); `region_entropy` is its mean entropy.
+    """
     if not 0.0 < region_frac <= 1.0:
         raise ValueError(f"region_frac must be in (0, 1], got {region_frac}")
     entropy = normalized_entropy(lowres_logits)
@@ -69,7 +81,13 @@ def mine(
     pred = lowres_logits.detach().float().cpu().numpy().argmax(0)
     low_h, low_w = entropy.shape
     win_h, win_w = _check(entropy, *window_size((low_h, low_w), region_frac))
-    y, x, region = hardest_window(entropy, win_h, win_w)
+    if window_rule is None:
+        y, x, region = hardest_window(entropy, win_h, win_w)
+    else:
+        y, x = window_rule(entropy, (win_h, win_w))
+        if not (0 <= y <= low_h - win_h and 0 <= x <= low_w - win_w):
+            raise ValueError(f"window rule chose ({y}, {x}): outside the {low_h}x{low_w} map")
+        region = float(entropy[y : y + win_h, x : x + win_w].mean(dtype=np.float64))
     return MiningResult(
         score=frame_score(entropy, pred),
         mean_entropy=float(entropy.mean(dtype=np.float64)),

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "GridSpreader",
     "budget_count",
     "grid_windows",
     "random_window",
@@ -103,24 +104,39 @@ def grid_windows(
     return [(int(y), int(x)) for y in ys for x in xs]
 
 
+class GridSpreader:
+    """Windows spread over the image: each map's hardest window among the grid positions used
+    least so far, counting every window this spreader has chosen.
+
+    The hardest-window rule puts most windows on the same road edge (22 of 30 at the same
+    bottom-right place on the tuning drive), and what a model gets wrong in a new domain (sky,
+    trees, fences) is elsewhere in the image too. The robot keeps one spreader for its whole
+    stream (``robot.window = "spread"``): every frame's window is chosen as it is mined, so the
+    candidate store keeps one crop per frame, and any subset of frames a selection takes has
+    its windows spread over the image too.
+    """
+
+    def __init__(self, grid: int = 3) -> None:
+        if grid < 1:
+            raise ValueError(f"grid must be >= 1, got {grid}")
+        self.grid = grid
+        self.used: dict[tuple[int, int], int] = {}
+
+    def choose(self, entropy: np.ndarray, win_hw: tuple[int, int]) -> tuple[int, int]:
+        """(y, x) of this map's window; counts it as used."""
+        cells = grid_windows((int(entropy.shape[0]), int(entropy.shape[1])), win_hw, self.grid)
+        least = min(self.used.get(c, 0) for c in cells)
+        free = [c for c in cells if self.used.get(c, 0) == least]
+        wh, ww = win_hw
+        best = max(free, key=lambda c: float(entropy[c[0] : c[0] + wh, c[1] : c[1] + ww].mean()))
+        self.used[best] = self.used.get(best, 0) + 1
+        return best
+
+
 def spread_windows(
     entropies: Sequence[np.ndarray], win_hw: tuple[int, int], grid: int = 3
 ) -> list[tuple[int, int]]:
-    """One window per map (in the order given, hardest frame first), spread over the image.
-
-    Each map takes the hardest of the grid positions used least so far, so k frames use the
-    ``grid * grid`` positions about equally: the hardest-window rule puts most windows on the
-    same road edge, and what a model gets wrong in a new domain (sky, trees, fences) is
-    elsewhere in the image too.
-    """
-    used: dict[tuple[int, int], int] = {}
-    out = []
-    for ent in entropies:
-        cells = grid_windows(ent.shape, win_hw, grid)
-        least = min(used.get(c, 0) for c in cells)
-        free = [c for c in cells if used.get(c, 0) == least]
-        wh, ww = win_hw
-        best = max(free, key=lambda c: float(ent[c[0] : c[0] + wh, c[1] : c[1] + ww].mean()))
-        used[best] = used.get(best, 0) + 1
-        out.append(best)
-    return out
+    """One window per map, in the order given (hardest frame first), by one `GridSpreader`:
+    k maps use the ``grid * grid`` positions about equally."""
+    spreader = GridSpreader(grid)
+    return [spreader.choose(ent, win_hw) for ent in entropies]

@@ -125,7 +125,10 @@ class RobotAgent:
         self._stack.callback(self.store.close)
         self.source = self._source_override or open_source(rs.source, rs, self._error)
         self.worker = InferenceWorker(
-            self.slot, infer_size=(rs.infer_width, rs.infer_height), region_frac=rs.region_frac
+            self.slot,
+            infer_size=(rs.infer_width, rs.infer_height),
+            region_frac=rs.region_frac,
+            window=rs.window,
         )
         t = self.topics
         subs = [

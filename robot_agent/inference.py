@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from common.errors import ModelError
 from common.schemas import ModelRef
 from models.checkpoint import CheckpointMeta
-from models.mining import MiningResult, mine
+from models.mining import MiningResult, WindowRule, mine
 from models.network import SegNet, preprocess
+from models.selection import GridSpreader
 from robot_agent.mailbox import LatestMailbox
 from robot_agent.sources import CameraFrame
 
@@ -204,12 +205,26 @@ class FrameResult:
 
 
 class InferenceWorker:
-    """Runs each frame at the inference size and mines its hardest region."""
+    """Runs each frame at the inference size and mines its region.
 
-    def __init__(self, slot: ModelSlot, *, infer_size: tuple[int, int], region_frac: float) -> None:
+    `window` "hardest" takes each frame's hardest window; "spread" one `GridSpreader` for the
+    whole stream (frames are processed one at a time, in order, so its state needs no lock).
+    """
+
+    def __init__(
+        self,
+        slot: ModelSlot,
+        *,
+        infer_size: tuple[int, int],
+        region_frac: float,
+        window: str = "hardest",
+    ) -> None:
+        if window not in ("hardest", "spread"):
+            raise ValueError(f"window rule must be 'hardest' or 'spread', got {window!r}")
         self.slot = slot
         self.infer_w, self.infer_h = infer_size
         self.region_frac = region_frac
+        self.window_rule: WindowRule | None = GridSpreader().choose if window == "spread" else None
         self.processed = 0
         self.errors = 0
         self._in_flight = 0  # frames taken and not yet handled
@@ -233,7 +248,7 @@ class InferenceWorker:
         infer_ms = (time.perf_counter() - start) * 1000.0
         frame_hw = (int(image.shape[0]), int(image.shape[1]))
         low = low.float().cpu()
-        mining = mine(low, frame_hw, self.region_frac)
+        mining = mine(low, frame_hw, self.region_frac, self.window_rule)
         return FrameResult(
             frame_id=frame_id,
             image=image,

@@ -367,6 +367,7 @@ class FinetuneRunner:
                 lr=self.settings.lr,
                 batch_size=self.settings.batch_size,
                 replay_share=self.settings.replay_share,
+                frozen_blocks=self.settings.frozen_blocks,
                 size=self.train_hw,
                 progress=job.progress.update,
                 should_stop=job.cancel.is_set,

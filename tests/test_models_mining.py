@@ -97,3 +97,30 @@ def test_mine_box_always_inside_the_frame(seed: int) -> None:
 def test_mine_rejects_bad_fraction() -> None:
     with pytest.raises(ValueError, match="region_frac"):
         mine(torch.zeros(19, 4, 4), (40, 40), region_frac=0.0)
+
+
+def test_mine_takes_the_window_a_rule_picks_and_refuses_one_outside() -> None:
+    logits = torch.zeros(19, 8, 8)
+    logits[0, :4, :4] = 10.0  # confident top-left: the hard part is elsewhere
+    hardest = mine(logits, (80, 80), 0.5)
+    picked = mine(logits, (80, 80), 0.5, window_rule=lambda ent, win: (0, 0))
+    assert hardest.box != (0, 0, 40, 40) and picked.box == (0, 0, 40, 40)
+    assert picked.region_entropy < hardest.region_entropy
+    assert picked.score == hardest.score  # the frame's score does not depend on the window
+    with pytest.raises(ValueError, match="outside"):
+        mine(logits, (80, 80), 0.5, window_rule=lambda ent, win: (5, 0))
+
+
+def test_grid_spreader_uses_every_position_before_repeating_one() -> None:
+    from models.selection import GridSpreader, spread_windows
+
+    rng = np.random.default_rng(0)
+    maps = [rng.random((30, 40)).astype(np.float32) for _ in range(20)]
+    spreader = GridSpreader()
+    chosen = [spreader.choose(m, (15, 20)) for m in maps]
+    assert len(set(chosen[:9])) == 9 and len(set(chosen[9:18])) == 9
+    assert chosen == spread_windows(maps, (15, 20))  # the batch rule is the same spreader
+    counts = list(spreader.used.values())
+    assert max(counts) - min(counts) <= 1
+    with pytest.raises(ValueError, match="grid"):
+        GridSpreader(0)

@@ -15,6 +15,7 @@ from models.training import (
     finetune,
     heldout_set,
     source_replay_set,
+    trainable_parameters,
 )
 
 COLOURS = {0: (200, 40, 40), 1: (40, 200, 40), 2: (40, 40, 200)}
@@ -90,6 +91,44 @@ def test_finetune_keeps_batchnorm_statistics() -> None:
     finetune(model, _colour_samples(4, 0), [], iterations=3, size=(32, 48))
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_finetune_leaves_frozen_blocks_unchanged_and_trains_the_rest() -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    blocks = list(model.backbone.children())
+    first = {k: v.clone() for k, v in blocks[0].state_dict().items()}
+    last = {k: v.clone() for k, v in blocks[-1].state_dict().items()}
+    head = {k: v.clone() for k, v in model.classifier.state_dict().items()}
+    finetune(
+        model, _colour_samples(4, 0), [], iterations=3, lr=0.05, size=(32, 48), frozen_blocks=1
+    )
+    assert all(torch.equal(v, blocks[0].state_dict()[k]) for k, v in first.items())
+    changed = [
+        k
+        for k, v in last.items()
+        if v.is_floating_point()
+        and not torch.equal(v, blocks[-1].state_dict()[k])
+        and "running" not in k
+    ]
+    assert changed  # the last block learnt
+    assert any(not torch.equal(v, model.classifier.state_dict()[k]) for k, v in head.items())
+    assert all(p.requires_grad for p in model.parameters())  # restored for whoever comes next
+
+
+def test_trainable_parameters_never_freezes_the_last_block() -> None:
+    model = build_model("tiny")
+    n_blocks = len(list(model.backbone.children()))
+    everything = list(model.parameters())
+    assert trainable_parameters(model, 0) == everything
+    capped = trainable_parameters(model, 1000)  # more than the net has: all but the last
+    last = list(list(model.backbone.children())[-1].parameters())
+    assert n_blocks == 2 and {id(p) for p in last} <= {id(p) for p in capped}
+    assert len(capped) < len(everything)
+    assert [p.requires_grad for p in model.parameters()] == [
+        any(p is q for q in capped) for p in model.parameters()
+    ]
+    model.requires_grad_(True)
 
 
 def test_finetune_needs_samples() -> None:

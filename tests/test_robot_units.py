@@ -268,3 +268,23 @@ def test_install_steps_take_turns_with_frames_and_do_not_wait_when_idle(tmp_path
     assert len(steps) == 5
     # while frames flow, at least one frame passes between two steps: no frame waits for two
     assert all(b - a >= 2 for a, b in itertools.pairwise(steps))
+
+
+def test_spread_window_worker_moves_each_frames_window_over_the_grid(tmp_path: Path) -> None:
+    from models.checkpoint import load_checkpoint
+    from robot_agent.inference import InferenceWorker, LoadedModel, ModelSlot
+
+    model, meta = load_checkpoint(tiny_checkpoint(tmp_path / "m.pt", "v1"))
+    slot = ModelSlot(LoadedModel(model=model, meta=meta, sha256="0" * 64))
+    image = noise(120, 160, seed=3)
+    kwargs = {"infer_size": (64, 48), "region_frac": 0.5}
+    hardest = InferenceWorker(slot, **kwargs)  # type: ignore[arg-type]
+    spread = InferenceWorker(slot, window="spread", **kwargs)  # type: ignore[arg-type]
+    same = {hardest.process(f"f{i}", image).mining.box for i in range(9)}
+    boxes = [spread.process(f"f{i}", image).mining.box for i in range(9)]
+    assert len(same) == 1  # one image, one hardest window
+    assert len(set(boxes)) == 9  # the same image: each of the 3x3 grid windows once
+    for x, y, w, h in boxes:
+        assert (w, h) == (80, 60) and 0 <= x <= 80 and 0 <= y <= 60
+    with pytest.raises(ValueError, match="window rule"):
+        InferenceWorker(slot, window="newest", **kwargs)  # type: ignore[arg-type]

@@ -161,15 +161,24 @@ def test_bench_runs_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
     args = parser.parse_args(
         ["--quick", "--frames", "10", "--eval-frames", "2", "--iterations", "2",
          "--replay-frames", "4", "--checkpoint", str(ckpt), "--threads", "1",
-         "--plot", str(tmp_path / "chart.png"), "--seed", "5"]
+         "--plot", str(tmp_path / "chart.png"), "--seed", "5", "--repeats", "2"]
     )  # fmt: skip
     out = label_efficiency.run(args, Settings())
     json.dumps(out)  # serialisable
     assert out["budget_pixels"] == 0.05 and out["selected_frames"] == 2
-    assert set(out["rows"]) == {"base", "ars", "random", "diverse", "spread", "novelty", "full"}
-    for name in ("ars", "random", "diverse", "spread", "novelty"):
+    assert set(out["rows"]) == set(label_efficiency.ROWS)
+    five = ("ars", "random", "diverse", "spread", "spread_live", "novelty", "coreset")
+    assert set(five) | {"base", "full"} == set(label_efficiency.ROWS)
+    for name in five:
         assert out["rows"][name]["pixels"] == pytest.approx(0.05)
         assert out["rows"][name]["frames"] == 2
+        runs = out["rows"][name]["runs"]  # --repeats 2: two fine-tunes, the row is their mean
+        assert len(runs) == 2
+        mean = (runs[0]["miou_rural"] + runs[1]["miou_rural"]) / 2
+        assert out["rows"][name]["miou_rural"] == pytest.approx(mean, abs=1e-4)
+        spread = abs(runs[0]["miou_rural"] - runs[1]["miou_rural"])
+        assert out["rows"][name]["range_miou_rural"] == pytest.approx(spread, abs=1e-4)
+    assert out["recipe"]["repeats"] == 2 and "runs" not in out["rows"]["base"]
     assert out["rows"]["full"]["pixels"] == 1.0 and out["rows"]["base"]["pixels"] == 0.0
     for row in out["rows"].values():
         assert 0.0 <= row["miou_rural"] <= 1.0 and 0.0 <= row["miou_urban"] <= 1.0

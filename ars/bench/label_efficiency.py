@@ -18,7 +18,16 @@ of seeds disjoint from the drive's. Rows:
 - ``novelty``: frames by mean feature novelty (``models.novelty``: distance to the old
   domain's prototype of the predicted class), ``select_diverse``, windows spread over the
   grid by novelty (same 5%);
+- ``spread_live``: the ``diverse`` frames, each with the window a ``GridSpreader`` chose for
+  it when it was mined, in drive order: the robot's ``robot.window = "spread"``, which spreads
+  windows over all frames as they come, not over the selected ones (same 5%);
+- ``coreset``: k-center greedy over the 3x3 grid windows' backbone features
+  (``models.coreset``): each pick the window least like every window picked so far, one per
+  frame (same 5%);
 - ``full``: every frame fully labeled (100%), at the same scale.
+
+``--repeats R`` fine-tunes every row R times (training seeds seed .. seed+R-1) and reports the
+mean, with each run's figures under ``runs``: one fine-tune is one draw of a noisy process.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 QUICK = {"frames": 150, "eval_frames": 16}
 FULL = {"frames": 300, "eval_frames": 40}
-ROWS = ("base", "ars", "random", "diverse", "spread", "novelty", "full")
+ROWS = ("base", "ars", "random", "diverse", "spread", "spread_live", "novelty", "coreset", "full")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay-share", type=float, default=None, help="default: server's")
     parser.add_argument("--replay-frames", type=int, default=None, help="default: server's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: server's")
+    parser.add_argument("--frozen-blocks", type=int, default=None, help="default: server's")
+    parser.add_argument("--repeats", type=int, default=1, help="fine-tunes per row (mean)")
     parser.add_argument("--ratio", type=float, default=None, help="default: robot's select_ratio")
     parser.add_argument(
         "--min-gap", type=float, default=None, help="diverse: frames apart (default 1/ratio)"
@@ -81,6 +92,10 @@ class MinedFrame:
     frame_hw: tuple[int, int]
     entropy: np.ndarray  # normalised entropy at the logits' resolution
     novelty: np.ndarray | None  # feature novelty at the features' resolution (models.novelty)
+    cells: np.ndarray  # unit backbone feature of each 3x3 grid window (models.coreset)
+    cell_at: list[tuple[int, int]]  # the grid windows' (y, x) on the feature map
+    cell_win: tuple[int, int]  # their (h, w) on the feature map
+    feature_hw: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,9 @@ class Recipe:
     batch_size: int
     replay_share: float
     replay_frames: int
+    frozen_blocks: int
     seed: int
+    repeats: int = 1
 
 
 def mine_frame(
@@ -107,20 +124,37 @@ def mine_frame(
     """Score a frame and find its hardest box exactly as the robot's inference worker does.
 
     The logits are ``model.forward_lowres``'s (backbone then classifier, one pass); with
-    `prototypes` the same pass's features give the frame's novelty map too.
+    `prototypes` the same pass's features give the frame's novelty map too, and the features
+    give every frame its grid windows' features for ``coreset``.
     """
+    from models.coreset import window_features
     from models.entropy import normalized_entropy
     from models.mining import mine
     from models.network import preprocess
     from models.novelty import features_and_logits, novelty_map
 
     high, low = features_and_logits(model, preprocess(image, infer_hw))
+    high, low = high.cpu(), low.cpu()
     frame_hw = (int(image.shape[0]), int(image.shape[1]))
-    m = mine(low.cpu(), frame_hw, region_frac)
+    m = mine(low, frame_hw, region_frac)
     x, y, w, h = m.box
     crop = image[y : y + h, x : x + w].copy()
-    novelty = novelty_map(high.cpu(), low.cpu(), prototypes) if prototypes is not None else None
-    return MinedFrame(index, frame_id, m, crop, frame_hw, normalized_entropy(low.cpu()), novelty)
+    novelty = novelty_map(high, low, prototypes) if prototypes is not None else None
+    cells, cell_at, cell_win = window_features(high, region_frac)
+    feature_hw = (int(high.shape[1]), int(high.shape[2]))
+    return MinedFrame(
+        index,
+        frame_id,
+        m,
+        crop,
+        frame_hw,
+        normalized_entropy(low),
+        novelty,
+        cells,
+        cell_at,
+        cell_win,
+        feature_hw,
+    )
 
 
 def region_samples(
@@ -153,11 +187,18 @@ def _train_eval(
     recipe: Recipe,
     train_hw: tuple[int, int],
     evals: Mapping[str, Sequence[LabeledSample]],
-) -> dict[str, float]:
+) -> dict[str, Any]:
+    """Fine-tune a copy of `base` recipe.repeats times (seeds seed, seed+1, ...), evaluate each.
+
+    The row's figures are the runs' mean; with more than one run, each run's are in ``runs``
+    and the range (max - min) of each figure in ``range_{figure}``.
+    """
     from models.training import evaluate, finetune
 
-    model = base
-    if samples:
+    if not samples:
+        return {f"miou_{k}": round(evaluate(base, v), 4) for k, v in evals.items()}
+    runs = []
+    for r in range(recipe.repeats):
         model = copy.deepcopy(base)
         finetune(
             model,
@@ -167,10 +208,17 @@ def _train_eval(
             lr=recipe.lr,
             batch_size=recipe.batch_size,
             replay_share=recipe.replay_share,
-            seed=recipe.seed,
+            frozen_blocks=recipe.frozen_blocks,
+            seed=recipe.seed + r,
             size=train_hw,
         )
-    return {f"miou_{k}": round(evaluate(model, v), 4) for k, v in evals.items()}
+        runs.append({f"miou_{k}": round(evaluate(model, v), 4) for k, v in evals.items()})
+    out: dict[str, Any] = {k: round(sum(run[k] for run in runs) / len(runs), 4) for k in runs[0]}
+    if len(runs) > 1:
+        out["runs"] = runs
+        for k in runs[0]:
+            out[f"range_{k}"] = round(max(run[k] for run in runs) - min(run[k] for run in runs), 4)
+    return out
 
 
 def plot(rows: dict[str, dict[str, Any]], path: Path, title: str) -> None:
@@ -216,6 +264,14 @@ def _mined_pick(m: MinedFrame) -> Pick:
     return m.frame_id, m.crop, m.mining.box, m.frame_hw
 
 
+def _box_pick(drive: Drive, index: int, box: tuple[int, int, int, int]) -> Pick:
+    """Drive frame `index` with its crop at `box` (x, y, w, h)."""
+    frame = drive.frame(index)
+    x, y, w, h = box
+    frame_hw = (int(frame.image.shape[0]), int(frame.image.shape[1]))
+    return frame.frame_id, frame.image[y : y + h, x : x + w].copy(), box, frame_hw
+
+
 def _spread_picks(
     drive: Drive,
     idx: Sequence[int],
@@ -229,13 +285,10 @@ def _spread_picks(
 
     map_hw = (int(maps[0].shape[0]), int(maps[0].shape[1]))
     win = window_size(map_hw, region_frac)
-    out = []
-    for i, at in zip(idx, spread_windows(maps, win), strict=True):
-        frame = drive.frame(i)
-        box = window_box(at, win, map_hw, frame_hw, region_frac)
-        x, y, w, h = box
-        out.append((frame.frame_id, frame.image[y : y + h, x : x + w].copy(), box, frame_hw))
-    return out
+    return [
+        _box_pick(drive, i, window_box(at, win, map_hw, frame_hw, region_frac))
+        for i, at in zip(idx, spread_windows(maps, win), strict=True)
+    ]
 
 
 def stretches(indices: Sequence[int], length: float) -> int:
@@ -278,8 +331,11 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import torch
 
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+    from models.coreset import select_kcenter
+    from models.mining import window_box, window_size
     from models.novelty import class_prototypes
     from models.selection import (
+        GridSpreader,
         budget_count,
         random_window,
         select_diverse,
@@ -305,7 +361,9 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         batch_size=args.batch_size or ss.batch_size,
         replay_share=ss.replay_share if args.replay_share is None else args.replay_share,
         replay_frames=ss.replay_frames if args.replay_frames is None else args.replay_frames,
+        frozen_blocks=ss.frozen_blocks if args.frozen_blocks is None else args.frozen_blocks,
         seed=args.seed,
+        repeats=max(1, args.repeats),
     )
     infer_hw = (rs.infer_height, rs.infer_width)
     train_hw = (ss.train_height, ss.train_width)
@@ -354,13 +412,11 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if "ars" in wanted:
         picks["ars"] = [_mined_pick(mined[i]) for i in select_top(scores, ratio)]
     if "random" in wanted:
-        rand = []
-        for i in sorted(select_random(n, ratio, rng)):
-            f = drive.frame(i)
-            box = random_window(frame_hw, win_hw, rng)
-            x, y, w, h = box
-            rand.append((f.frame_id, f.image[y : y + h, x : x + w].copy(), box, frame_hw))
-        picks["random"] = rand
+        # one window draw per frame, in frame order, after the frame draw (the rng's order)
+        picks["random"] = [
+            _box_pick(drive, i, random_window(frame_hw, win_hw, rng))
+            for i in sorted(select_random(n, ratio, rng))
+        ]
     if "diverse" in wanted:
         idx = select_diverse(scores, ratio, [m.index for m in mined], min_gap)
         picks["diverse"] = [_mined_pick(mined[i]) for i in idx]
@@ -368,12 +424,37 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         idx = select_diverse(scores, ratio, [m.index for m in mined], min_gap)
         maps = [mined[i].entropy for i in idx]
         picks["spread"] = _spread_picks(drive, idx, maps, frame_hw, rs.region_frac)
+    if "spread_live" in wanted:
+        spreader = GridSpreader()  # the robot's: one for the stream, fed in processing order
+        map_hw = (int(mined[0].entropy.shape[0]), int(mined[0].entropy.shape[1]))
+        win = window_size(map_hw, rs.region_frac)
+        live = [spreader.choose(m.entropy, win) for m in mined]
+        idx = select_diverse(scores, ratio, [m.index for m in mined], min_gap)
+        picks["spread_live"] = [
+            _box_pick(drive, i, window_box(live[i], win, map_hw, frame_hw, rs.region_frac))
+            for i in idx
+        ]
     if "novelty" in wanted:
         novelty_maps = [m.novelty for m in mined if m.novelty is not None]
         novelty_scores = [float(v.mean()) for v in novelty_maps]
         idx = select_diverse(novelty_scores, ratio, [m.index for m in mined], min_gap)
         maps = [novelty_maps[i] for i in idx]
         picks["novelty"] = _spread_picks(drive, idx, maps, frame_hw, rs.region_frac)
+    if "coreset" in wanted:
+        picks["coreset"] = [
+            _box_pick(
+                drive,
+                i,
+                window_box(
+                    mined[i].cell_at[cell],
+                    mined[i].cell_win,
+                    mined[i].feature_hw,
+                    frame_hw,
+                    rs.region_frac,
+                ),
+            )
+            for i, cell in select_kcenter([m.cells for m in mined], ratio)
+        ]
     index_of = {m.frame_id: m.index for m in mined}
 
     # 3. Held-out sets (seeds disjoint from the drive's world) and the server's replay set.
@@ -420,6 +501,8 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             "batch_size": recipe.batch_size,
             "replay_share": recipe.replay_share,
             "replay_frames": recipe.replay_frames,
+            "frozen_blocks": recipe.frozen_blocks,
+            "repeats": recipe.repeats,
             "min_gap": min_gap,
         },
         "rows": rows,
