@@ -232,7 +232,7 @@ def plot(rows: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     rural = [rows[n]["miou_rural"] for n in names]
     urban = [rows[n]["miou_urban"] for n in names]
     xs = range(len(names))
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(names)), 3.6), dpi=110)
     b1 = ax.bar([x - 0.2 for x in xs], rural, 0.4, label="rural (new domain)", color="#6b8e23")
     b2 = ax.bar([x + 0.2 for x in xs], urban, 0.4, label="urban (old domain)", color="#4682b4")
     for bars in (b1, b2):
