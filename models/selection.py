@@ -112,8 +112,9 @@ class GridSpreader:
     bottom-right place on the tuning drive), and what a model gets wrong in a new domain (sky,
     trees, fences) is elsewhere in the image too. The robot keeps one spreader for its whole
     stream (``robot.window = "spread"``): every frame's window is chosen as it is mined, so the
-    candidate store keeps one crop per frame, and any subset of frames a selection takes has
-    its windows spread over the image too.
+    candidate store keeps one crop per frame. The frames a selection later takes have their
+    windows spread too, but only roughly: on one label-efficiency seed of three this fell
+    short of spreading the selected frames' windows (`spread_windows`) by 0.028 rural mIoU.
     """
 
     def __init__(self, grid: int = 3) -> None:
