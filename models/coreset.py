@@ -20,25 +20,28 @@ import torch.nn.functional as F
 from models.mining import window_size
 from models.selection import budget_count, grid_windows
 
-__all__ = ["select_kcenter", "window_features"]
+__all__ = ["grid_cells", "select_kcenter", "window_features"]
 
 
-def window_features(
-    high: torch.Tensor, region_frac: float = 0.5, grid: int = 3
-) -> tuple[np.ndarray, list[tuple[int, int]], tuple[int, int]]:
-    """Unit mean feature of each `grid` x `grid` window of a CxHxW feature map.
+def grid_cells(
+    map_hw: tuple[int, int], region_frac: float = 0.5, grid: int = 3
+) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """The `grid` x `grid` windows of a map of `map_hw`: their (y, x) and their (h, w).
 
-    Returns (cells x C float32, the windows' (y, x) on the map, the window's (h, w) on the
-    map): `models.mining.window_box` turns a cell into a frame-pixel box.
+    `models.mining.window_box` turns one into a frame-pixel box.
     """
+    win = window_size(map_hw, region_frac)
+    return grid_windows(map_hw, win, grid), win
+
+
+def window_features(high: torch.Tensor, region_frac: float = 0.5, grid: int = 3) -> np.ndarray:
+    """Unit mean feature of each `grid_cells` window of a CxHxW feature map (cells x C)."""
     if high.ndim != 3:
         raise ValueError(f"expected a CxHxW feature map, got shape {tuple(high.shape)}")
     unit = F.normalize(high.detach().float(), dim=0)
-    hw = (int(unit.shape[1]), int(unit.shape[2]))
-    win = window_size(hw, region_frac)
-    cells = grid_windows(hw, win, grid)
-    pooled = torch.stack([unit[:, y : y + win[0], x : x + win[1]].mean((1, 2)) for y, x in cells])
-    return F.normalize(pooled, dim=1).cpu().numpy().astype(np.float32), cells, win
+    cells, (wh, ww) = grid_cells((int(unit.shape[1]), int(unit.shape[2])), region_frac, grid)
+    pooled = torch.stack([unit[:, y : y + wh, x : x + ww].mean((1, 2)) for y, x in cells])
+    return F.normalize(pooled, dim=1).cpu().numpy().astype(np.float32)
 
 
 def select_kcenter(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.coreset import select_kcenter, window_features
+from models.coreset import grid_cells, select_kcenter, window_features
 from models.mining import window_box
 from models.selection import budget_count
 
@@ -48,7 +48,8 @@ def test_window_features_are_unit_means_of_windows_inside_the_map() -> None:
     high = torch.zeros(4, 30, 40)
     high[0, :15] = 1.0  # top half "sky", bottom half "road"
     high[1, 15:] = 1.0
-    feats, cells, win = window_features(high, region_frac=0.5, grid=3)
+    feats = window_features(high, region_frac=0.5, grid=3)
+    cells, win = grid_cells((30, 40), region_frac=0.5, grid=3)
     assert feats.shape == (9, 4) and win == (15, 20)
     assert np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
     assert feats[0].argmax() == 0 and feats[-1].argmax() == 1  # top-left sky, bottom-right road

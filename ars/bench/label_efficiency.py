@@ -93,9 +93,7 @@ class MinedFrame:
     entropy: np.ndarray  # normalised entropy at the logits' resolution
     novelty: np.ndarray | None  # feature novelty at the features' resolution (models.novelty)
     cells: np.ndarray  # unit backbone feature of each 3x3 grid window (models.coreset)
-    cell_at: list[tuple[int, int]]  # the grid windows' (y, x) on the feature map
-    cell_win: tuple[int, int]  # their (h, w) on the feature map
-    feature_hw: tuple[int, int]
+    feature_hw: tuple[int, int]  # the feature map the cells are windows of
 
 
 @dataclass(frozen=True)
@@ -140,21 +138,10 @@ def mine_frame(
     x, y, w, h = m.box
     crop = image[y : y + h, x : x + w].copy()
     novelty = novelty_map(high, low, prototypes) if prototypes is not None else None
-    cells, cell_at, cell_win = window_features(high, region_frac)
     feature_hw = (int(high.shape[1]), int(high.shape[2]))
-    return MinedFrame(
-        index,
-        frame_id,
-        m,
-        crop,
-        frame_hw,
-        normalized_entropy(low),
-        novelty,
-        cells,
-        cell_at,
-        cell_win,
-        feature_hw,
-    )
+    cells = window_features(high, region_frac)
+    entropy = normalized_entropy(low)
+    return MinedFrame(index, frame_id, m, crop, frame_hw, entropy, novelty, cells, feature_hw)
 
 
 def region_samples(
@@ -331,7 +318,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import torch
 
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-    from models.coreset import select_kcenter
+    from models.coreset import grid_cells, select_kcenter
     from models.mining import window_box, window_size
     from models.novelty import class_prototypes
     from models.selection import (
@@ -417,22 +404,21 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             _box_pick(drive, i, random_window(frame_hw, win_hw, rng))
             for i in sorted(select_random(n, ratio, rng))
         ]
+    # the robot's default frames: diverse, spread and spread_live differ only in the windows
+    diverse_idx = select_diverse(scores, ratio, [m.index for m in mined], min_gap)
     if "diverse" in wanted:
-        idx = select_diverse(scores, ratio, [m.index for m in mined], min_gap)
-        picks["diverse"] = [_mined_pick(mined[i]) for i in idx]
+        picks["diverse"] = [_mined_pick(mined[i]) for i in diverse_idx]
     if "spread" in wanted:
-        idx = select_diverse(scores, ratio, [m.index for m in mined], min_gap)
-        maps = [mined[i].entropy for i in idx]
-        picks["spread"] = _spread_picks(drive, idx, maps, frame_hw, rs.region_frac)
+        maps = [mined[i].entropy for i in diverse_idx]
+        picks["spread"] = _spread_picks(drive, diverse_idx, maps, frame_hw, rs.region_frac)
     if "spread_live" in wanted:
         spreader = GridSpreader()  # the robot's: one for the stream, fed in processing order
         map_hw = (int(mined[0].entropy.shape[0]), int(mined[0].entropy.shape[1]))
         win = window_size(map_hw, rs.region_frac)
         live = [spreader.choose(m.entropy, win) for m in mined]
-        idx = select_diverse(scores, ratio, [m.index for m in mined], min_gap)
         picks["spread_live"] = [
             _box_pick(drive, i, window_box(live[i], win, map_hw, frame_hw, rs.region_frac))
-            for i in idx
+            for i in diverse_idx
         ]
     if "novelty" in wanted:
         novelty_maps = [m.novelty for m in mined if m.novelty is not None]
@@ -441,17 +427,11 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         maps = [novelty_maps[i] for i in idx]
         picks["novelty"] = _spread_picks(drive, idx, maps, frame_hw, rs.region_frac)
     if "coreset" in wanted:
+        feature_hw = mined[0].feature_hw
+        cell_at, cell_win = grid_cells(feature_hw, rs.region_frac)
         picks["coreset"] = [
             _box_pick(
-                drive,
-                i,
-                window_box(
-                    mined[i].cell_at[cell],
-                    mined[i].cell_win,
-                    mined[i].feature_hw,
-                    frame_hw,
-                    rs.region_frac,
-                ),
+                drive, i, window_box(cell_at[cell], cell_win, feature_hw, frame_hw, rs.region_frac)
             )
             for i, cell in select_kcenter([m.cells for m in mined], ratio)
         ]
