@@ -138,6 +138,15 @@ def test_pixel_budget_is_exactly_five_percent() -> None:
     assert label_efficiency.stretches([0, 1, 2, 5, 11], 5) == 3
 
 
+def test_error_map_marks_wrong_pixels_and_ignores_unlabelled() -> None:
+    prediction = np.array([[0, 1], [2, 3]])
+    label = np.zeros((4, 4), dtype=np.uint8)  # class 0 everywhere but one unlabelled quarter
+    label[2:, 2:] = 255
+    err = label_efficiency.error_map(prediction, label)
+    assert err.shape == (2, 2)
+    assert err.tolist() == [[0.0, 1.0], [1.0, 0.0]]  # right, wrong, wrong, ignored
+
+
 def test_summary_figures() -> None:
     rows = {
         "base": {"miou_rural": 0.40, "miou_urban": 0.70},
@@ -161,14 +170,16 @@ def test_bench_runs_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
     args = parser.parse_args(
         ["--quick", "--frames", "10", "--eval-frames", "2", "--iterations", "2",
          "--replay-frames", "4", "--checkpoint", str(ckpt), "--threads", "1",
-         "--plot", str(tmp_path / "chart.png"), "--seed", "5", "--repeats", "2"]
+         "--plot", str(tmp_path / "chart.png"), "--seed", "5", "--repeats", "2", "--rows", "all"]
     )  # fmt: skip
+    assert parser.parse_args([]).rows == ",".join(label_efficiency.ROWS)  # oracles are opt-in
     out = label_efficiency.run(args, Settings())
     json.dumps(out)  # serialisable
     assert out["budget_pixels"] == 0.05 and out["selected_frames"] == 2
-    assert set(out["rows"]) == set(label_efficiency.ROWS)
-    five = ("ars", "random", "diverse", "spread", "spread_live", "novelty", "coreset")
-    assert set(five) | {"base", "full"} == set(label_efficiency.ROWS)
+    oracle = set(label_efficiency.ORACLE_ROWS)
+    assert set(out["rows"]) == set(label_efficiency.ROWS) | oracle
+    five = ("ars", "random", "diverse", "spread", "spread_live", "novelty", "coreset", *oracle)
+    assert set(five) | {"base", "full"} == set(label_efficiency.ROWS) | oracle
     for name in five:
         assert out["rows"][name]["pixels"] == pytest.approx(0.05)
         assert out["rows"][name]["frames"] == 2

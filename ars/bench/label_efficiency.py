@@ -26,6 +26,13 @@ of seeds disjoint from the drive's. Rows:
   frame (same 5%);
 - ``full``: every frame fully labeled (100%), at the same scale.
 
+Two more rows run only when asked for (``--rows all`` or by name), because they read the
+ground truth no robot has: ceilings for any score that tries to find the model's errors.
+
+- ``oracle_hard``: frames by the base model's true error rate (``select_diverse``), each with
+  its window of most errors: a perfect error score under the paper's hardest-window rule;
+- ``oracle_spread``: the same frames, windows spread over the grid by the true error map.
+
 ``--repeats R`` fine-tunes every row R times (training seeds seed .. seed+R-1) and reports the
 mean, with each run's figures under ``runs``: one fine-tune is one draw of a noisy process.
 """
@@ -57,6 +64,8 @@ logger = logging.getLogger(__name__)
 QUICK = {"frames": 150, "eval_frames": 16}
 FULL = {"frames": 300, "eval_frames": 40}
 ROWS = ("base", "ars", "random", "diverse", "spread", "spread_live", "novelty", "coreset", "full")
+#: Rows that select with the ground truth (ceilings, not rules a robot can run): opt-in.
+ORACLE_ROWS = ("oracle_hard", "oracle_spread")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-gap", type=float, default=None, help="diverse: frames apart (default 1/ratio)"
     )
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to run")
+    parser.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help=f"comma-separated rows, or 'all' (adds {', '.join(ORACLE_ROWS)})",
+    )
     parser.add_argument("--checkpoint", default=None, help="checkpoint (default: shipped base)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--plot", default=None, help="PNG chart path (default: data dir)")
@@ -91,6 +104,7 @@ class MinedFrame:
     crop: np.ndarray
     frame_hw: tuple[int, int]
     entropy: np.ndarray  # normalised entropy at the logits' resolution
+    prediction: np.ndarray  # predicted class at the logits' resolution
     novelty: np.ndarray | None  # feature novelty at the features' resolution (models.novelty)
     cells: np.ndarray  # unit backbone feature of each 3x3 grid window (models.coreset)
     feature_hw: tuple[int, int]  # the feature map the cells are windows of
@@ -141,7 +155,25 @@ def mine_frame(
     feature_hw = (int(high.shape[1]), int(high.shape[2]))
     cells = window_features(high, region_frac)
     entropy = normalized_entropy(low)
-    return MinedFrame(index, frame_id, m, crop, frame_hw, entropy, novelty, cells, feature_hw)
+    prediction = low.numpy().argmax(0)
+    return MinedFrame(
+        index, frame_id, m, crop, frame_hw, entropy, prediction, novelty, cells, feature_hw
+    )
+
+
+def error_map(prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """1.0 where the prediction (h x w) is wrong about the frame's ground truth, else 0.0.
+
+    The label is resized to the prediction's grid by nearest neighbour; ignored pixels (255)
+    count as right.
+    """
+    import numpy as np
+    from PIL import Image
+
+    h, w = prediction.shape
+    truth = np.asarray(Image.fromarray(label).resize((w, h), Image.Resampling.NEAREST))
+    wrong: np.ndarray = np.logical_and(prediction != truth, truth != 255)
+    return wrong.astype(np.float32)
 
 
 def region_samples(
@@ -219,7 +251,7 @@ def plot(rows: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     rural = [rows[n]["miou_rural"] for n in names]
     urban = [rows[n]["miou_urban"] for n in names]
     xs = range(len(names))
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(names)), 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.2 * len(names)), 3.6), dpi=110)
     b1 = ax.bar([x - 0.2 for x in xs], rural, 0.4, label="rural (new domain)", color="#6b8e23")
     b2 = ax.bar([x + 0.2 for x in xs], urban, 0.4, label="urban (old domain)", color="#4682b4")
     for bars in (b1, b2):
@@ -259,22 +291,26 @@ def _box_pick(drive: Drive, index: int, box: tuple[int, int, int, int]) -> Pick:
     return frame.frame_id, frame.image[y : y + h, x : x + w].copy(), box, frame_hw
 
 
-def _spread_picks(
+def _map_picks(
     drive: Drive,
     idx: Sequence[int],
     maps: Sequence[np.ndarray],
     frame_hw: tuple[int, int],
     region_frac: float,
+    *,
+    spread: bool,
 ) -> list[Pick]:
-    """The frames `idx`, each with its window from `spread_windows` over its score map."""
-    from models.mining import window_box, window_size
+    """The frames `idx`, each with a window on its score map: spread over the 3x3 grid by
+    ``spread_windows``, or else the map's hardest window (``mine``'s rule)."""
+    from models.mining import hardest_window, window_box, window_size
     from models.selection import spread_windows
 
     map_hw = (int(maps[0].shape[0]), int(maps[0].shape[1]))
     win = window_size(map_hw, region_frac)
+    spots = spread_windows(maps, win) if spread else [hardest_window(m, *win)[:2] for m in maps]
     return [
         _box_pick(drive, i, window_box(at, win, map_hw, frame_hw, region_frac))
-        for i, at in zip(idx, spread_windows(maps, win), strict=True)
+        for i, at in zip(idx, spots, strict=True)
     ]
 
 
@@ -355,9 +391,11 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     infer_hw = (rs.infer_height, rs.infer_width)
     train_hw = (ss.train_height, ss.train_width)
     wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = set(wanted) - set(ROWS)
+    if wanted == ["all"]:
+        wanted = [*ROWS[:-1], *ORACLE_ROWS, ROWS[-1]]
+    unknown = set(wanted) - set(ROWS) - set(ORACLE_ROWS)
     if unknown or not wanted:
-        raise SystemExit(f"rows must be among {ROWS}, got {args.rows!r}")
+        raise SystemExit(f"rows must be among {ROWS + ORACLE_ROWS} or 'all', got {args.rows!r}")
     base, meta = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT)
     base.eval()
 
@@ -377,11 +415,14 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     full: list[LabeledSample] = []
     t0 = time.perf_counter()
     mined: list[MinedFrame] = []
+    errors: list[np.ndarray] = []  # the base model's true errors, for the oracle rows only
     for i in range(n):
         frame = drive.frame(i)
         mined.append(
             mine_frame(base, i, frame.frame_id, frame.image, infer_hw, rs.region_frac, prototypes)
         )
+        if set(ORACLE_ROWS) & set(wanted):
+            errors.append(error_map(mined[-1].prediction, frame.label))
         if "full" in wanted:
             h, w = frame.label.shape
             full.append(
@@ -410,7 +451,9 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         picks["diverse"] = [_mined_pick(mined[i]) for i in diverse_idx]
     if "spread" in wanted:
         maps = [mined[i].entropy for i in diverse_idx]
-        picks["spread"] = _spread_picks(drive, diverse_idx, maps, frame_hw, rs.region_frac)
+        picks["spread"] = _map_picks(
+            drive, diverse_idx, maps, frame_hw, rs.region_frac, spread=True
+        )
     if "spread_live" in wanted:
         spreader = GridSpreader()  # the robot's: one for the stream, fed in processing order
         map_hw = (int(mined[0].entropy.shape[0]), int(mined[0].entropy.shape[1]))
@@ -425,7 +468,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         novelty_scores = [float(v.mean()) for v in novelty_maps]
         idx = select_diverse(novelty_scores, ratio, [m.index for m in mined], min_gap)
         maps = [novelty_maps[i] for i in idx]
-        picks["novelty"] = _spread_picks(drive, idx, maps, frame_hw, rs.region_frac)
+        picks["novelty"] = _map_picks(drive, idx, maps, frame_hw, rs.region_frac, spread=True)
     if "coreset" in wanted:
         feature_hw = mined[0].feature_hw
         cell_at, cell_win = grid_cells(feature_hw, rs.region_frac)
@@ -435,6 +478,19 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             )
             for i, cell in select_kcenter([m.cells for m in mined], ratio)
         ]
+    if errors:
+        error_idx = select_diverse(
+            [float(e.mean()) for e in errors], ratio, [m.index for m in mined], min_gap
+        )
+        maps = [errors[i] for i in error_idx]
+        if "oracle_hard" in wanted:
+            picks["oracle_hard"] = _map_picks(
+                drive, error_idx, maps, frame_hw, rs.region_frac, spread=False
+            )
+        if "oracle_spread" in wanted:
+            picks["oracle_spread"] = _map_picks(
+                drive, error_idx, maps, frame_hw, rs.region_frac, spread=True
+            )
     index_of = {m.frame_id: m.index for m in mined}
 
     # 3. Held-out sets (seeds disjoint from the drive's world) and the server's replay set.
@@ -494,6 +550,9 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         Path(args.plot) if args.plot else settings.data_dir / f"label_efficiency-s{args.seed}.png"
     )
     if {"base", "ars"} <= set(rows):
-        plot(rows, path, f"label efficiency: rural drive seed {args.seed}, {n} frames")
+        title = f"label efficiency: rural drive seed {args.seed}, {n} frames"
+        if set(ORACLE_ROWS) & set(rows):
+            title += " (oracle rows read the ground truth)"
+        plot(rows, path, title)
         result["plot"] = str(path)
     return result
