@@ -131,12 +131,9 @@ def trainable_parameters(model: SegNet, frozen_blocks: int) -> list[nn.Parameter
     frozen = {
         id(p) for b in blocks[: min(max(0, frozen_blocks), len(blocks) - 1)] for p in b.parameters()
     }
-    out = []
     for p in model.parameters():
         p.requires_grad_(id(p) not in frozen)
-        if id(p) not in frozen:
-            out.append(p)
-    return out
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def finetune(

@@ -291,6 +291,23 @@ def _box_pick(drive: Drive, index: int, box: tuple[int, int, int, int]) -> Pick:
     return frame.frame_id, frame.image[y : y + h, x : x + w].copy(), box, frame_hw
 
 
+def _window_picks(
+    drive: Drive,
+    chosen: Sequence[tuple[int, tuple[int, int]]],
+    win: tuple[int, int],
+    map_hw: tuple[int, int],
+    frame_hw: tuple[int, int],
+    region_frac: float,
+) -> list[Pick]:
+    """(frame index, window (y, x) on a map of `map_hw`) pairs -> the frames' crops at the
+    windows' frame-pixel boxes."""
+    from models.mining import window_box
+
+    return [
+        _box_pick(drive, i, window_box(at, win, map_hw, frame_hw, region_frac)) for i, at in chosen
+    ]
+
+
 def _map_picks(
     drive: Drive,
     idx: Sequence[int],
@@ -302,16 +319,14 @@ def _map_picks(
 ) -> list[Pick]:
     """The frames `idx`, each with a window on its score map: spread over the 3x3 grid by
     ``spread_windows``, or else the map's hardest window (``mine``'s rule)."""
-    from models.mining import hardest_window, window_box, window_size
+    from models.mining import hardest_window, window_size
     from models.selection import spread_windows
 
     map_hw = (int(maps[0].shape[0]), int(maps[0].shape[1]))
     win = window_size(map_hw, region_frac)
     spots = spread_windows(maps, win) if spread else [hardest_window(m, *win)[:2] for m in maps]
-    return [
-        _box_pick(drive, i, window_box(at, win, map_hw, frame_hw, region_frac))
-        for i, at in zip(idx, spots, strict=True)
-    ]
+    chosen = list(zip(idx, spots, strict=True))
+    return _window_picks(drive, chosen, win, map_hw, frame_hw, region_frac)
 
 
 def stretches(indices: Sequence[int], length: float) -> int:
@@ -355,7 +370,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
     from models.coreset import grid_cells, select_kcenter
-    from models.mining import window_box, window_size
+    from models.mining import window_size
     from models.novelty import class_prototypes
     from models.selection import (
         GridSpreader,
@@ -446,7 +461,8 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             for i in sorted(select_random(n, ratio, rng))
         ]
     # the robot's default frames: diverse, spread and spread_live differ only in the windows
-    diverse_idx = select_diverse(scores, ratio, [m.index for m in mined], min_gap)
+    positions = [m.index for m in mined]  # where each frame is on the road
+    diverse_idx = select_diverse(scores, ratio, positions, min_gap)
     if "diverse" in wanted:
         picks["diverse"] = [_mined_pick(mined[i]) for i in diverse_idx]
     if "spread" in wanted:
@@ -459,29 +475,23 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         map_hw = (int(mined[0].entropy.shape[0]), int(mined[0].entropy.shape[1]))
         win = window_size(map_hw, rs.region_frac)
         live = [spreader.choose(m.entropy, win) for m in mined]
-        picks["spread_live"] = [
-            _box_pick(drive, i, window_box(live[i], win, map_hw, frame_hw, rs.region_frac))
-            for i in diverse_idx
-        ]
+        chosen = [(i, live[i]) for i in diverse_idx]
+        picks["spread_live"] = _window_picks(drive, chosen, win, map_hw, frame_hw, rs.region_frac)
     if "novelty" in wanted:
         novelty_maps = [m.novelty for m in mined if m.novelty is not None]
         novelty_scores = [float(v.mean()) for v in novelty_maps]
-        idx = select_diverse(novelty_scores, ratio, [m.index for m in mined], min_gap)
+        idx = select_diverse(novelty_scores, ratio, positions, min_gap)
         maps = [novelty_maps[i] for i in idx]
         picks["novelty"] = _map_picks(drive, idx, maps, frame_hw, rs.region_frac, spread=True)
     if "coreset" in wanted:
         feature_hw = mined[0].feature_hw
         cell_at, cell_win = grid_cells(feature_hw, rs.region_frac)
-        picks["coreset"] = [
-            _box_pick(
-                drive, i, window_box(cell_at[cell], cell_win, feature_hw, frame_hw, rs.region_frac)
-            )
-            for i, cell in select_kcenter([m.cells for m in mined], ratio)
-        ]
-    if errors:
-        error_idx = select_diverse(
-            [float(e.mean()) for e in errors], ratio, [m.index for m in mined], min_gap
+        chosen = [(i, cell_at[c]) for i, c in select_kcenter([m.cells for m in mined], ratio)]
+        picks["coreset"] = _window_picks(
+            drive, chosen, cell_win, feature_hw, frame_hw, rs.region_frac
         )
+    if errors:
+        error_idx = select_diverse([float(e.mean()) for e in errors], ratio, positions, min_gap)
         maps = [errors[i] for i in error_idx]
         if "oracle_hard" in wanted:
             picks["oracle_hard"] = _map_picks(
