@@ -110,7 +110,19 @@ class RobotSettings(_Section):
 class ServerSettings(_Section):
     """The server agent: stores, fine-tuning and model publishing."""
 
-    iterations: int = Field(100, ge=1, le=1_000_000)
+    iterations: int = Field(
+        100, ge=1, le=1_000_000, description="fine-tuning iterations for a few labeled regions"
+    )
+    iterations_per_frame: float = Field(
+        3.0, ge=0, le=10_000, description="iterations per whole frame of labeled pixels"
+    )
+    iterations_cap: int = Field(300, ge=1, le=1_000_000, description="most iterations a job runs")
+    adapt_bn_frames: int = Field(
+        0, ge=0, le=100_000, description="new-domain frames BN statistics are re-estimated on"
+    )
+    pseudo_threshold: float = Field(
+        0.0, ge=0, lt=1, description="softmax confidence of a pseudo-label (0: none)"
+    )
     lr: float = Field(5e-3, gt=0, le=1)  # tuned once on label-efficiency seed 11
     batch_size: int = Field(4, ge=1, le=512)
     replay_share: float = Field(0.5, ge=0, lt=1)

@@ -34,3 +34,31 @@ def miou(conf: np.ndarray) -> float:
     if np.all(np.isnan(iou)):
         return 0.0
     return float(np.nanmean(iou))
+
+
+#: Small or thin classes (walls, fences, poles, lights, signs, people, vehicles): scored apart
+#: from the large stuff classes (road, sidewalk, building, vegetation, terrain, sky), whose
+#: pixel counts would otherwise hide them.
+SMALL_CLASSES: tuple[int, ...] = (3, 4, 5, 6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
+
+
+def scores(conf: np.ndarray, small: tuple[int, ...] = SMALL_CLASSES) -> dict[str, object]:
+    """mIoU over the classes present in the ground truth (a class only predicted still lowers
+    the true class's IoU through its false positives), pixel accuracy, the mIoU of the large
+    and of the small classes present, and each present class's IoU (by trainId)."""
+    iou = per_class_iou(conf)
+    truth = conf.sum(1)
+    present = np.nonzero(truth > 0)[0]
+    small_set = set(small)
+
+    def mean(ids: list[int]) -> float | None:
+        return round(float(np.mean(iou[ids])), 4) if ids else None
+
+    total = int(truth.sum())
+    return {
+        "miou": mean([int(c) for c in present]) or 0.0,
+        "pixel_acc": round(float(np.trace(conf)) / total, 4) if total else 0.0,
+        "miou_large": mean([int(c) for c in present if int(c) not in small_set]),
+        "miou_small": mean([int(c) for c in present if int(c) in small_set]),
+        "iou": {str(int(c)): round(float(iou[c]), 4) for c in present},
+    }

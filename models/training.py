@@ -36,6 +36,7 @@ __all__ = [
     "TrainProgress",
     "TrainResult",
     "class_weights",
+    "confusion",
     "evaluate",
     "finetune",
     "heldout_set",
@@ -150,6 +151,8 @@ def finetune(
     size: tuple[int, int] = INFER_HW,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    pseudo: Sequence[LabeledSample] = (),
+    pseudo_share: float = 0.5,
 ) -> TrainResult:
     """Fine-tune `model` in place: SGD momentum 0.9, new regions mixed with replay.
 
@@ -164,15 +167,24 @@ def finetune(
     0.15 to 0.26 depending on the training seed alone; with the stem and the stride-8 stage
     fixed (7 blocks of MobileNetV3-Large) two training seeds mostly land within 0.01 of each
     other (docs/label_efficiency.md, "Day 3").
+    With `pseudo` (unlabeled new-domain frames with the model's confident pixels,
+    ``models.adaptation.pseudo_labels``), round(new slots * pseudo_share) of each batch's
+    new-domain slots, at least one, draw from them instead; with no labelled samples at all
+    every new-domain slot does (the label-free row).
     Returns cancelled=True (no exception) when stopped.
     """
-    if not samples:
+    if not samples and not pseudo:
         raise ValueError("finetune needs at least one labelled sample")
     rng = seed_everything(seed)
-    new_pool, old_pool = _Pool(samples), _Pool(replay)
+    new_pool, old_pool, pseudo_pool = _Pool(samples), _Pool(replay), _Pool(pseudo)
     n_old = min(batch_size - 1, round(batch_size * replay_share)) if replay else 0
     n_new = batch_size - n_old
+    n_pseudo = 0
+    if pseudo:
+        n_pseudo = n_new if not samples else min(n_new - 1, max(1, round(n_new * pseudo_share)))
+        n_new -= n_pseudo
     params = trainable_parameters(model, frozen_blocks)
+    device = next(model.parameters()).device  # CPU or CUDA: wherever the caller put the model
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
     losses: list[float] = []
     start = time.monotonic()
@@ -187,10 +199,11 @@ def finetune(
             cur_lr = _warm_poly(lr, i / max(1, iterations), warm=WARMUP_SHARE)
             for group in opt.param_groups:
                 group["lr"] = cur_lr
-            pairs = new_pool.draw(n_new, rng, size, (1.0, 1.0))
+            pairs = new_pool.draw(n_new, rng, size, (1.0, 1.0)) if n_new else []
+            pairs += pseudo_pool.draw(n_pseudo, rng, size, (1.0, 1.0)) if n_pseudo else []
             pairs += old_pool.draw(n_old, rng, size, (1.0, 1.0)) if n_old else []
             x, y = _stack(pairs)
-            loss = _loss(model(x), y, None)
+            loss = _loss(model(x.to(device)), y.to(device), None)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
@@ -228,13 +241,24 @@ def evaluate(
     size: tuple[int, int] | None = None,
     batch_size: int = 8,
 ) -> float:
-    """mIoU (0..1, nanmean over classes present) of `model` on labelled samples.
+    """mIoU (0..1, nanmean over classes present) of `model` on labelled samples."""
+    return miou(confusion(model, samples, size, batch_size))
+
+
+def confusion(
+    model: SegNet,
+    samples: Sequence[LabeledSample],
+    size: tuple[int, int] | None = None,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Confusion matrix (rows truth, columns prediction) of `model` on labelled samples.
 
     Inference at `size` (or each sample's own size); predictions are upsampled back to the
     label's size before the confusion matrix, as the robot's masks are.
     """
     num_classes = int(getattr(model.classifier, "low_classifier").out_channels)  # noqa: B009
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
@@ -253,14 +277,14 @@ def evaluate(
                         x = F.interpolate(
                             x, size=size, mode="bilinear", align_corners=False, antialias=True
                         )
-                    low = model.forward_lowres(x)
+                    low = model.forward_lowres(x.to(device))
                     up = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
-                    pred = up.argmax(1).numpy()
+                    pred = up.argmax(1).cpu().numpy()
                     for p, s in zip(pred, group, strict=True):
                         conf += confusion_matrix(p, s.label, num_classes, IGNORE)
     finally:
         model.train(was_training)
-    return miou(conf)
+    return conf
 
 
 def class_weights(

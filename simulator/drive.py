@@ -9,7 +9,7 @@ from common.errors import ConfigError, ProtocolError
 from simulator.scene import SPECS, Frame, check_args, render_indexed
 
 _ID_RE = re.compile(
-    r"^(?P<spec>urban|rural|drive)-s(?P<seed>\d{1,10})-w(?P<w>\d{1,4})x(?P<h>\d{1,4})"
+    r"^(?P<spec>urban|rural|drive|route)-s(?P<seed>\d{1,10})-w(?P<w>\d{1,4})x(?P<h>\d{1,4})"
     r"(?:-k(?P<k>\d{1,9}))?-i(?P<i>\d{1,9})$"
 )
 

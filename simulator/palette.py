@@ -56,7 +56,7 @@ IGNORE = 255
 RARE_CLASSES: tuple[int, ...] = (3, 4, 5, 6, 7, 9, 12, 14, 15, 16, 17)
 
 # trainIds the simulator paints, by name, so renderer code reads as words.
-ROAD, SIDEWALK, BUILDING, FENCE, POLE = 0, 1, 2, 4, 5
+ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_SIGN = 0, 1, 2, 3, 4, 5, 7
 VEGETATION, TERRAIN, SKY, PERSON, CAR = 8, 9, 10, 11, 13
 
 _LUT = np.zeros((256, 3), dtype=np.uint8)

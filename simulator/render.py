@@ -5,6 +5,8 @@ billboards, painted far to near into one packed RGBL canvas (colour and label to
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -13,15 +15,42 @@ from simulator import palette as P
 from simulator import shading as S
 from simulator import textures as T
 from simulator.camera import Z_NEAR, Camera, quad
+from simulator.looks import cell_objects
 from simulator.sprites import CAR_LENGTH, DRAW, WOOD
-from simulator.world import CELL, Obj, cell_objects
+from simulator.world import CELL, Obj
 
 Z_FAR_WALL = 140.0
+CONCRETE = (168, 164, 156)
+COPING = (120, 118, 114)
 Z_FAR_OBJ = 90.0
 Z_MAX_GROUND = 600.0
 
 
-def render_view(cam: Camera, s_switch: float) -> tuple[np.ndarray, np.ndarray]:
+class Layout(Protocol):
+    """What lies where along the route: the look of route metre s and the ground map there."""
+
+    def look(self, s: float) -> str: ...
+
+    def ground(self, s: float) -> tuple[str, int]: ...
+
+
+@dataclass(frozen=True)
+class SwitchLayout:
+    """The plain drives: urban before route metre ``s_switch``, rural from it on."""
+
+    s_switch: float
+    urban_variant: int
+    rural_variant: int
+
+    def look(self, s: float) -> str:
+        return "urban" if s < self.s_switch else "rural"
+
+    def ground(self, s: float) -> tuple[str, int]:
+        look = self.look(s)
+        return look, self.urban_variant if look == "urban" else self.rural_variant
+
+
+def render_view(cam: Camera, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """Render one frame: sky, ground, walls, then objects far to near. Returns (image, label)."""
     h, w = cam.height, cam.width
     canvas = np.empty((h, w), dtype=np.uint32)
@@ -29,29 +58,28 @@ def render_view(cam: Camera, s_switch: float) -> tuple[np.ndarray, np.ndarray]:
     if y0 > 0:
         canvas[:y0] = S.sky(cam.key, w, h)[h - y0 :]
     if y0 < h:
-        _ground(canvas, cam, y0, s_switch)
-    _objects(canvas, cam, s_switch)
+        _ground(canvas, cam, y0, layout)
+    _objects(canvas, cam, layout)
     # Pillow splits the channels several times faster than a strided numpy copy
     im = Image.frombuffer("RGBA", (w, h), canvas, "raw", "RGBA", 0, 1)
     return np.array(im.convert("RGB")), np.array(im.getchannel("A"))
 
 
-def _ground(canvas: np.ndarray, cam: Camera, y0: int, s_switch: float) -> None:
+def _ground(canvas: np.ndarray, cam: Camera, y0: int, layout: Layout) -> None:
     ys = np.arange(y0, cam.height, dtype=np.float32) + 0.5
     hc = cam.world.cam_height
     z = np.minimum(hc * cam.f / np.maximum(ys - cam.yh, 1e-3), Z_MAX_GROUND)
     v = cam.s + z.astype(np.float64)  # float32 would blur textures far along the route
-    rural = v >= s_switch
     vi = (v * T.GROUND_PPM).astype(np.int64) % T.GROUND_NV
-    world = cam.world
-    if rural.all() or not rural.any():
-        domain, variant = (
-            ("rural", world.rural_variant) if rural[0] else ("urban", world.urban_variant)
-        )
-        gmap = S.ground(domain, variant, cam.key)
+    # rows far to near cross at most a few ground changes: stack the maps the view needs
+    grounds = [layout.ground(float(x)) for x in v]
+    keys = tuple(dict.fromkeys(grounds))
+    if len(keys) == 1:
+        gmap = S.ground(*keys[0], cam.key)
     else:
-        gmap = S.ground_stack(world.urban_variant, world.rural_variant, cam.key)
-        vi += rural * T.GROUND_NV
+        gmap = S.ground_stack(keys, cam.key)
+        slot = {k: i for i, k in enumerate(keys)}
+        vi += np.array([slot[g] for g in grounds], dtype=np.int64) * T.GROUND_NV
     rowbase = vi * T.GROUND_NU
     xc = cam.cx + cam.f * cam.lateral(z) / z
     k = (z / cam.f * T.GROUND_PPM).astype(np.float32)
@@ -90,13 +118,13 @@ def _haze_rows(rows: np.ndarray, amount: np.ndarray, haze: tuple[float, float, f
     rows |= g
 
 
-def _objects(canvas: np.ndarray, cam: Camera, s_switch: float) -> None:
+def _objects(canvas: np.ndarray, cam: Camera, layout: Layout) -> None:
     seed = cam.world.seed
     k0 = math.floor(cam.s / CELL) - 3
     k1 = math.floor((cam.s + Z_FAR_WALL) / CELL)
     objs: list[Obj] = []
     for k in range(k0, k1 + 1):
-        objs.extend(cell_objects(seed, "urban" if k * CELL < s_switch else "rural", k))
+        objs.extend(cell_objects(seed, layout.look(k * CELL), k))
     if not objs:
         return
     s0 = np.array([o.s0 for o in objs]) - cam.s
@@ -133,6 +161,8 @@ def _objects(canvas: np.ndarray, cam: Camera, s_switch: float) -> None:
         o = objs[i]
         if o.kind == "fence":
             _draw_fence(canvas, cam, o, float(s0[i]), float(s1[i]), lat[0, i], lat[1, i])
+        elif o.kind == "parapet":
+            _draw_parapet(canvas, cam, o, float(s0[i]), float(s1[i]), lat[0, i], lat[1, i])
         elif s0[i] >= Z_NEAR + 0.5 or (o.kind == "car" and s0[i] > -4.0):
             DRAW[o.kind](canvas, cam, o, float(s0[i]), float(lat[0, i]))
 
@@ -222,3 +252,20 @@ def _draw_fence(
     mask = (hg >= 0) & (hg < o.height) & (rails | post[None, :])
     noise = T.screen_noise(cam.width, cam.height)[q.ra : q.rb, q.ca : q.cb]
     np.copyto(canvas[q.ra : q.rb, q.ca : q.cb], cols[noise], where=mask)
+
+
+def _draw_parapet(
+    canvas: np.ndarray, cam: Camera, o: Obj, z0: float, z1: float, lat0: float, lat1: float
+) -> None:
+    """A bridge's low concrete wall (trainId wall), with a darker coping on top."""
+    q = quad(cam, z0, z1, lat0, lat1, o.height)
+    if q is None:
+        return
+    hq = S.haze_level(cam.key, max(z0, 1.0))
+    body = S.solid(CONCRETE, P.WALL, cam.key, 3, hq)
+    coping = S.solid(COPING, P.WALL, cam.key, 3, hq)
+    hg = q.hgt
+    noise = T.screen_noise(cam.width, cam.height)[q.ra : q.rb, q.ca : q.cb]
+    region = canvas[q.ra : q.rb, q.ca : q.cb]
+    np.copyto(region, body[noise], where=(hg >= 0) & (hg < o.height - 0.12))
+    np.copyto(region, coping[noise], where=(hg >= o.height - 0.12) & (hg < o.height))

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulator.camera import make_camera
-from simulator.render import render_view
+from simulator.render import SwitchLayout, render_view
+from simulator.route import light_fade, stretch_at
 from simulator.textures import ROAD_HALF_WIDTH
-from simulator.world import DOMAINS, light, make_world
+from simulator.world import DOMAINS, light, make_world, route_light
 
-SPECS = (*DOMAINS, "drive")
+SPECS = (*DOMAINS, "drive", "route")
 SPEED = 0.4  # metres per frame
 START = 40.0  # route position of frame 0
 TRANSITION = 20  # frames over which light and lane change before ``switch_at``
@@ -52,13 +53,16 @@ def render_indexed(
 
     For ``drive`` the ground and objects turn rural from the route position of ``switch_at``
     onwards (so the countryside is seen approaching), while light and lane change over the
-    TRANSITION frames before it.
+    TRANSITION frames before it. ``route`` is a rural route of stretches of different looks
+    (``simulator.route``).
     """
     check_args(spec, seed, width, height, switch_at)
     if index < 0:
         raise ValueError(f"frame index {index} < 0")
     world = make_world(seed)
     s = START + index * SPEED
+    if spec == "route":
+        return _render_route(seed, width, height, index, s)
     if spec == "urban":
         s_switch, alpha = math.inf, 0.0
     elif spec == "rural":
@@ -71,9 +75,38 @@ def render_indexed(
     pitch = world.pitch + 0.006 * math.sin(0.35 * index + seed)
     key = light(world.urban_variant, world.rural_variant, round(alpha * 4))
     cam = make_camera(world, s, off, pitch, width, height, key)
-    image, label = render_view(cam, s_switch)
+    layout = SwitchLayout(s_switch, world.urban_variant, world.rural_variant)
+    image, label = render_view(cam, layout)
     domain = spec if spec != "drive" else ("urban" if index < switch_at else "rural")
     return Frame(frame_id(spec, seed, width, height, switch_at, index), image, label, domain)
+
+
+@dataclass(frozen=True)
+class RouteLayout:
+    """Route ``seed``'s stretches (``simulator.route``) as the renderer asks for them."""
+
+    seed: int
+
+    def look(self, s: float) -> str:
+        return stretch_at(self.seed, 0.0, s).look
+
+    def ground(self, s: float) -> tuple[str, int]:
+        return stretch_at(self.seed, 0.0, s).ground
+
+
+def route_stretch(seed: int, index: int) -> str:
+    """The look of the stretch frame ``index`` of route ``seed`` is in."""
+    return stretch_at(seed, 0.0, START + index * SPEED).look
+
+
+def _render_route(seed: int, width: int, height: int, index: int, s: float) -> Frame:
+    world = make_world(seed)
+    stretch = stretch_at(seed, 0.0, s)
+    key = route_light(stretch.previous_light, stretch.light, light_fade(stretch, s))
+    pitch = world.pitch + 0.006 * math.sin(0.35 * index + seed)
+    cam = make_camera(world, s, 0.9, pitch, width, height, key)
+    image, label = render_view(cam, RouteLayout(seed))
+    return Frame(frame_id("route", seed, width, height, 0, index), image, label, "rural")
 
 
 def render_frame(domain: str, seed: int, width: int = 640, height: int = 480) -> Frame:

@@ -63,19 +63,17 @@ def solid(rgb: tuple[int, int, int], label: int, key: LightKey, face: int, hq: i
     return out
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=32)
 def ground(domain: str, variant: int, key: LightKey) -> np.ndarray:
     """One domain's ground map under this light, flattened."""
     mul, add = _tone(key, 3, 0)
     return toned(T.ground_map(domain, variant), mul, add).reshape(-1)
 
 
-@lru_cache(maxsize=4)
-def ground_stack(urban_variant: int, rural_variant: int, key: LightKey) -> np.ndarray:
-    """Urban and rural ground stacked (rural rows after urban), for frames that see both."""
-    both = np.concatenate(
-        [ground("urban", urban_variant, key), ground("rural", rural_variant, key)]
-    )
+@lru_cache(maxsize=8)
+def ground_stack(keys: tuple[tuple[str, int], ...], key: LightKey) -> np.ndarray:
+    """Several (domain, variant) ground maps stacked in order, for frames that see them all."""
+    both = np.concatenate([ground(domain, variant, key) for domain, variant in keys])
     both.setflags(write=False)
     return both
 

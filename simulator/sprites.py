@@ -41,6 +41,7 @@ _TRUNK = (70, 52, 38)
 _GREY_POLE = (120, 122, 126)
 _DARK = (22, 22, 24)
 _GLASS = (40, 50, 62)
+_SIGN_COLOURS = ((236, 236, 230), (30, 80, 170), (230, 190, 30), (200, 40, 40))
 
 
 def _rect(
@@ -148,7 +149,7 @@ def _draw_car(canvas: np.ndarray, cam: Camera, o: Obj, z: float, lat: float) -> 
 
 def _draw_pole(canvas: np.ndarray, cam: Camera, o: Obj, z: float, lat: float) -> None:
     hq = S.haze_level(cam.key, z)
-    cols = S.solid(_GREY_POLE if o.style == 0 else WOOD, P.POLE, cam.key, 3, hq)
+    cols = S.solid(WOOD if o.style == 1 else _GREY_POLE, P.POLE, cam.key, 3, hq)
     r = o.size / 2
     _rect(canvas, cam, z, lat - r, lat + r, 0.0, o.height, cols)
     inward = -1.0 if o.x > 0 else 1.0
@@ -163,8 +164,13 @@ def _draw_pole(canvas: np.ndarray, cam: Camera, o: Obj, z: float, lat: float) ->
             o.height,
             cols,
         )
-    else:
+    elif o.style == 1:
         _rect(canvas, cam, z, lat - 0.9, lat + 0.9, o.height - 0.8, o.height - 0.65, cols)
+    else:  # a post with a traffic sign plate on top (simulator.looks.SIGN_POST)
+        plate = S.solid(
+            _SIGN_COLOURS[int(o.s0 * 7) % len(_SIGN_COLOURS)], P.TRAFFIC_SIGN, cam.key, 0, hq
+        )
+        _rect(canvas, cam, z, lat - 0.33, lat + 0.33, o.height - 0.7, o.height, plate)
 
 
 def _draw_person(canvas: np.ndarray, cam: Camera, o: Obj, z: float, lat: float) -> None:

@@ -58,12 +58,17 @@ _RURAL_LIGHTS = (
 )
 
 
-@lru_cache(maxsize=64)
-def light(urban_variant: int, rural_variant: int, alpha_q: int) -> Light:
-    """Light blended between the urban and the rural one; ``alpha_q`` in 0..4 (4 = rural)."""
-    a = _URBAN_LIGHTS[urban_variant % len(_URBAN_LIGHTS)]
-    b = _RURAL_LIGHTS[rural_variant % len(_RURAL_LIGHTS)]
-    t = alpha_q / 4.0
+#: Weather a route stretch can have beyond the four rural lights: fog and a hard noon sun.
+_ROUTE_WEATHER = (
+    Light((0.78, 0.8, 0.84), (196, 200, 206), 32, 0.92, (185, 190, 196), (205, 208, 212), False),
+    Light((1.18, 1.14, 1.02), (214, 222, 236), 160, 0.55, (50, 105, 210), (170, 200, 240), True),
+)
+#: Every light a route stretch may take (``simulator.route``): the rural ones, then the weather.
+ROUTE_LIGHTS = (*_RURAL_LIGHTS, *_ROUTE_WEATHER)
+
+
+def blend_lights(a: Light, b: Light, t: float) -> Light:
+    """Light ``t`` of the way from ``a`` to ``b`` (t in 0..1); the sun side flips at half way."""
 
     def mix(p: tuple[float, ...], q: tuple[float, ...]) -> tuple[float, float, float]:
         r = [pi * (1 - t) + qi * t for pi, qi in zip(p, q, strict=True)]
@@ -78,6 +83,21 @@ def light(urban_variant: int, rural_variant: int, alpha_q: int) -> Light:
         mix(a.horizon, b.horizon),
         a.sun_left if t < 0.5 else b.sun_left,
     )
+
+
+@lru_cache(maxsize=64)
+def light(urban_variant: int, rural_variant: int, alpha_q: int) -> Light:
+    """Light blended between the urban and the rural one; ``alpha_q`` in 0..4 (4 = rural)."""
+    a = _URBAN_LIGHTS[urban_variant % len(_URBAN_LIGHTS)]
+    b = _RURAL_LIGHTS[rural_variant % len(_RURAL_LIGHTS)]
+    return blend_lights(a, b, alpha_q / 4.0)
+
+
+@lru_cache(maxsize=64)
+def route_light(previous: int, current: int, alpha_q: int) -> Light:
+    """A route stretch's light (``ROUTE_LIGHTS`` indices), ``alpha_q``/4 of the way in from the
+    previous stretch's (4 = fully the current one)."""
+    return blend_lights(ROUTE_LIGHTS[previous], ROUTE_LIGHTS[current], alpha_q / 4.0)
 
 
 @dataclass(frozen=True)
@@ -124,11 +144,6 @@ def make_world(seed: int) -> World:
         urban_variant=int(rng.integers(0, 4)),
         rural_variant=int(rng.integers(0, 4)),
     )
-
-
-def cell_objects(seed: int, domain: str, cell: int) -> tuple[Obj, ...]:
-    """Objects of one route cell; cached, since a drive revisits each cell for ~30 frames."""
-    return _urban_cell(seed, cell) if domain == "urban" else _rural_cell(seed, cell)
 
 
 @lru_cache(maxsize=4096)

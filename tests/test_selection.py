@@ -1,20 +1,13 @@
-"""Selection rules (budget, order, windows), the robot using them, and the bench end to end."""
+"""Selection rules (budget, order, windows) and the robot using them."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ars.bench import label_efficiency
-from common.config import Settings
-from models.checkpoint import save_checkpoint
 from models.mining import mine, window_box
-from models.network import build_model
 from models.selection import (
     budget_count,
     random_window,
@@ -129,73 +122,6 @@ def test_spread_windows_use_the_grid_evenly_and_the_hardest_free_cell() -> None:
         assert 0 <= y <= 15 and 0 <= x <= 20
         bx, by, bw, bh = window_box((y, x), (15, 20), (30, 40), (480, 640), 0.5)
         assert (bw, bh) == (320, 240) and 0 <= bx <= 320 and 0 <= by <= 240
-
-
-def test_pixel_budget_is_exactly_five_percent() -> None:
-    n = 150
-    boxes = [(0, 0, 320, 240)] * budget_count(0.2, n)
-    assert label_efficiency.pixel_fraction(boxes, (480, 640), n) == pytest.approx(0.05, abs=1e-12)
-    assert label_efficiency.stretches([0, 1, 2, 5, 11], 5) == 3
-
-
-def test_error_map_marks_wrong_pixels_and_ignores_unlabelled() -> None:
-    prediction = np.array([[0, 1], [2, 3]])
-    label = np.zeros((4, 4), dtype=np.uint8)  # class 0 everywhere but one unlabelled quarter
-    label[2:, 2:] = 255
-    err = label_efficiency.error_map(prediction, label)
-    assert err.shape == (2, 2)
-    assert err.tolist() == [[0.0, 1.0], [1.0, 0.0]]  # right, wrong, wrong, ignored
-
-
-def test_summary_figures() -> None:
-    rows = {
-        "base": {"miou_rural": 0.40, "miou_urban": 0.70},
-        "ars": {"miou_rural": 0.59, "miou_urban": 0.69},
-        "random": {"miou_rural": 0.50, "miou_urban": 0.70},
-        "full": {"miou_rural": 0.60, "miou_urban": 0.70},
-    }
-    s = label_efficiency.summary(rows)
-    assert s["ars_gain_over_full_gain"] == pytest.approx(0.95)
-    assert s["ars_minus_random"] == pytest.approx(0.09)
-    assert s["urban_drop_ars"] == pytest.approx(0.01)
-    rows["full"]["miou_rural"] = 0.40  # no gain to share: no ratio, not a division by zero
-    assert label_efficiency.summary(rows)["ars_gain_over_full_gain"] is None
-
-
-def test_bench_runs_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
-    ckpt = tmp_path / "tiny.pt"
-    save_checkpoint(ckpt, build_model("tiny"), arch="tiny", version="tiny-test")
-    parser = argparse.ArgumentParser()
-    label_efficiency.add_arguments(parser)
-    args = parser.parse_args(
-        ["--quick", "--frames", "10", "--eval-frames", "2", "--iterations", "2",
-         "--replay-frames", "4", "--checkpoint", str(ckpt), "--threads", "1",
-         "--plot", str(tmp_path / "chart.png"), "--seed", "5", "--repeats", "2", "--rows", "all"]
-    )  # fmt: skip
-    assert parser.parse_args([]).rows == ",".join(label_efficiency.ROWS)  # oracles are opt-in
-    out = label_efficiency.run(args, Settings())
-    json.dumps(out)  # serialisable
-    assert out["budget_pixels"] == 0.05 and out["selected_frames"] == 2
-    oracle = set(label_efficiency.ORACLE_ROWS)
-    assert set(out["rows"]) == set(label_efficiency.ROWS) | oracle
-    five = ("ars", "random", "diverse", "spread", "spread_live", "novelty", "coreset", *oracle)
-    assert set(five) | {"base", "full"} == set(label_efficiency.ROWS) | oracle
-    for name in five:
-        assert out["rows"][name]["pixels"] == pytest.approx(0.05)
-        assert out["rows"][name]["frames"] == 2
-        runs = out["rows"][name]["runs"]  # --repeats 2: two fine-tunes, the row is their mean
-        assert len(runs) == 2
-        mean = (runs[0]["miou_rural"] + runs[1]["miou_rural"]) / 2
-        assert out["rows"][name]["miou_rural"] == pytest.approx(mean, abs=1e-4)
-        spread = abs(runs[0]["miou_rural"] - runs[1]["miou_rural"])
-        assert out["rows"][name]["range_miou_rural"] == pytest.approx(spread, abs=1e-4)
-    assert out["recipe"]["repeats"] == 2 and "runs" not in out["rows"]["base"]
-    assert out["rows"]["full"]["pixels"] == 1.0 and out["rows"]["base"]["pixels"] == 0.0
-    for row in out["rows"].values():
-        assert 0.0 <= row["miou_rural"] <= 1.0 and 0.0 <= row["miou_urban"] <= 1.0
-    for key in ("ars_minus_random", "urban_drop_ars", "ars_gain_over_full_gain", "seconds"):
-        assert key in out
-    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_robot_diverse_rule_spreads_over_the_route() -> None:

@@ -1,0 +1,522 @@
+"""``ars bench adaptation``: what each label buys where the robot drives next.
+
+The on-the-fly scenario, round by round, on a rural route of stretches of different looks
+(``simulator.route``). Each round the robot drives the next stretch of the route, mines the
+frames it drove since the last round with the model it runs, and selects 5 % of their pixels
+with the rule under test; the oracle labels them; the server fine-tunes *from the model the
+robot runs* on every region labeled so far, with the shared recipe (``Recipe``); the robot takes
+the result. After each round every row is evaluated on:
+
+- ``next``: frames of the same route after the last round's (where the robot drives next);
+- ``other``: frames of a different rural route (generalisation);
+- ``urban``: held-out old-domain frames (forgetting).
+
+Rows: ``base`` (no adaptation), ``label_free`` (the recipe's unlabeled-frame steps alone, no
+human label), ``ars`` (the paper's rule: top 20 % frames by score, each frame's hardest
+window), ``random`` (random frames, random windows), ``default`` (the robot's configured rule,
+``robot.selection`` and ``robot.window``, its window spreader kept across rounds as on the
+robot), ``full`` (every driven frame labeled) and, opt-in, ``oracle`` (frames and windows by
+the current model's true errors: a ceiling for any error score).
+
+Every row fine-tunes with the same recipe and the same iteration rule
+(``models.adaptation.IterationRule``: iterations grow with the labeled pixels, with a floor and a
+cap), so ``full`` is a converged ceiling rather than a 100-iteration snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from common.config import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from models.data import LabeledSample
+    from models.network import SegNet
+    from models.selection import GridSpreader
+    from simulator.scene import Frame
+
+logger = logging.getLogger(__name__)
+
+ROWS = ("base", "label_free", "ars", "random", "default", "full")
+ORACLE_ROWS = ("oracle",)
+#: (frames per round, frames apart on the route, evaluation frames per set)
+QUICK = {"round_frames": 80, "stride": 5, "eval_frames": 64}
+FULL = {"round_frames": 150, "stride": 4, "eval_frames": 128}
+#: The route "other" is evaluated on: a different seed, never one a run drives.
+OTHER_ROUTE_OFFSET = 100_003
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=1, help="route seed (and training seed)")
+    parser.add_argument("--train-seed", type=int, default=None, help="default: --seed")
+    parser.add_argument("--quick", action="store_true", help="80 frames a round, 64 eval frames")
+    parser.add_argument("--rounds", type=int, default=3, help="adaptation rounds")
+    parser.add_argument("--round-frames", type=int, default=None, help="frames mined a round")
+    parser.add_argument("--stride", type=int, default=None, help="route frames between two")
+    parser.add_argument("--eval-frames", type=int, default=None, help="frames per eval set")
+    parser.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help=f"comma-separated rows, or 'all' (adds {', '.join(ORACLE_ROWS)})",
+    )
+    parser.add_argument("--checkpoint", default=None, help="checkpoint (default: shipped base)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: server's)")
+    parser.add_argument("--plot", default=None, help="PNG chart path (default: data dir)")
+    # the recipe; defaults are the server's (common.config.ServerSettings)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--frozen-blocks", type=int, default=None)
+    parser.add_argument("--replay-frames", type=int, default=None)
+    parser.add_argument("--bn-frames", type=int, default=None, help="0: keep BN statistics")
+    parser.add_argument("--pseudo-threshold", type=float, default=None, help="0: no pseudo")
+    parser.add_argument("--iter-per-frame", type=float, default=None)
+    parser.add_argument("--iter-floor", type=int, default=None)
+    parser.add_argument("--iter-cap", type=int, default=None)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The adaptation recipe every row shares (the server's settings unless overridden)."""
+
+    lr: float
+    batch_size: int
+    replay_share: float
+    replay_frames: int
+    frozen_blocks: int
+    bn_frames: int  # new-domain frames BN statistics are re-estimated on (0: never)
+    pseudo_threshold: float  # softmax confidence of a pseudo-label (0: none)
+    per_frame: float
+    floor: int
+    cap: int
+    seed: int
+
+
+@dataclass
+class Row:
+    """One row's state across rounds: the model the robot runs and the labels it has."""
+
+    name: str
+    model: SegNet
+    labeled: list[LabeledSample] = field(default_factory=list)
+    spreader: GridSpreader | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _recipe(args: argparse.Namespace, settings: Settings) -> Recipe:
+    ss = settings.server
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    return Recipe(
+        lr=pick(args.lr, ss.lr),
+        batch_size=ss.batch_size,
+        replay_share=ss.replay_share,
+        replay_frames=pick(args.replay_frames, ss.replay_frames),
+        frozen_blocks=pick(args.frozen_blocks, ss.frozen_blocks),
+        bn_frames=pick(args.bn_frames, ss.adapt_bn_frames),
+        pseudo_threshold=pick(args.pseudo_threshold, ss.pseudo_threshold),
+        per_frame=pick(args.iter_per_frame, ss.iterations_per_frame),
+        floor=pick(args.iter_floor, ss.iterations),
+        cap=pick(args.iter_cap, ss.iterations_cap),
+        seed=args.seed if args.train_seed is None else args.train_seed,
+    )
+
+
+def _eval_indices(start: int, span: int, n: int) -> list[int]:
+    """n route frame indices spread evenly over [start, start + span)."""
+    return [start + (k * span) // n for k in range(n)]
+
+
+def _samples(frames: Sequence[Frame], size: tuple[int, int]) -> list[LabeledSample]:
+    from models.data import resize_sample
+
+    return [resize_sample(f.image, f.label, size) for f in frames]
+
+
+@dataclass(frozen=True)
+class Mined:
+    """A round frame as a row's model saw it."""
+
+    score: float
+    box: tuple[int, int, int, int]
+    entropy: np.ndarray
+    errors: np.ndarray | None
+
+
+def _mine(
+    model: SegNet,
+    frames: Sequence[Frame],
+    infer_hw: tuple[int, int],
+    region_frac: float,
+    spreader: GridSpreader | None,
+    with_errors: bool,
+) -> list[Mined]:
+    """Score every frame and pick its window as the robot does (``models.mining.mine``); with
+    a spreader its ``choose`` picks the window (the robot's ``robot.window = "spread"``)."""
+    import torch
+
+    from models.entropy import normalized_entropy
+    from models.mining import mine
+    from models.network import preprocess
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for f in frames:
+            low = model.forward_lowres(preprocess(f.image, infer_hw).to(device))[0].float().cpu()
+            rule = spreader.choose if spreader is not None else None
+            m = mine(low, (f.image.shape[0], f.image.shape[1]), region_frac, window_rule=rule)
+            errors = None
+            if with_errors:
+                errors = error_map(low.numpy().argmax(0), f.label)
+            out.append(Mined(m.score, m.box, normalized_entropy(low), errors))
+    return out
+
+
+def error_map(prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """1.0 where the prediction (h x w) is wrong about the frame's ground truth, else 0.0.
+
+    The label is resized to the prediction's grid by nearest neighbour; ignored pixels (255)
+    count as right.
+    """
+    import numpy as np
+    from PIL import Image
+
+    h, w = prediction.shape
+    truth = np.asarray(Image.fromarray(label).resize((w, h), Image.Resampling.NEAREST))
+    wrong: np.ndarray = np.logical_and(prediction != truth, truth != 255)
+    return wrong.astype(np.float32)
+
+
+def _select(
+    name: str,
+    frames: Sequence[Frame],
+    mined: Sequence[Mined],
+    settings: Settings,
+    rng: np.random.Generator,
+) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """(frame position in the round, box) pairs: 5 % of the round's pixels by `name`'s rule."""
+    from models.mining import window_box, window_size
+    from models.selection import (
+        random_window,
+        select_diverse,
+        select_random,
+        select_top,
+        spread_windows,
+    )
+
+    rs = settings.robot
+    ratio = rs.select_ratio
+    n = len(frames)
+    frame_hw = (int(frames[0].image.shape[0]), int(frames[0].image.shape[1]))
+    if name == "random":
+        win = (round(frame_hw[0] * rs.region_frac), round(frame_hw[1] * rs.region_frac))
+        return [
+            (i, random_window(frame_hw, win, rng)) for i in sorted(select_random(n, ratio, rng))
+        ]
+    scores = [m.score for m in mined]
+    if name == "ars":
+        return [(i, mined[i].box) for i in select_top(scores, ratio)]
+    if name == "default":
+        if rs.selection == "top":
+            idx = select_top(scores, ratio)
+        else:
+            idx = select_diverse(scores, ratio, list(range(n)), 1.0 / ratio)
+        return [(i, mined[i].box) for i in idx]
+    if name == "oracle":
+        maps = [m.errors for m in mined if m.errors is not None]
+        idx = select_diverse([float(e.mean()) for e in maps], ratio, list(range(n)), 1.0 / ratio)
+        map_hw = (int(maps[0].shape[0]), int(maps[0].shape[1]))
+        win = window_size(map_hw, rs.region_frac)
+        spots = spread_windows([maps[i] for i in idx], win)
+        return [
+            (i, window_box(at, win, map_hw, frame_hw, rs.region_frac))
+            for i, at in zip(idx, spots, strict=True)
+        ]
+    raise ValueError(f"no selection rule for row {name!r}")
+
+
+def _evaluate(model: SegNet, sets: dict[str, list[LabeledSample]]) -> dict[str, dict[str, object]]:
+    from models.metrics import scores
+    from models.training import confusion
+
+    return {name: scores(confusion(model, samples)) for name, samples in sets.items()}
+
+
+def _adapt_and_train(
+    row: Row,
+    new_frames: Sequence[np.ndarray],
+    replay: Sequence[LabeledSample],
+    recipe: Recipe,
+    train_hw: tuple[int, int],
+    seed: int,
+) -> dict[str, Any]:
+    """The server's side of one round for one row: BN statistics on the new frames and replay,
+    pseudo-labels on the frames nobody labeled, then the fine-tune by the iteration rule."""
+    from models.adaptation import (
+        IterationRule,
+        labeled_frames,
+        pseudo_labels,
+        reestimate_batchnorm,
+    )
+    from models.training import finetune
+
+    out: dict[str, Any] = {}
+    if recipe.bn_frames > 0:
+        recent = list(new_frames)[-recipe.bn_frames :]
+        reestimate_batchnorm(row.model, recent, [s.image for s in replay], train_hw)
+    pseudo: list[LabeledSample] = []
+    if recipe.pseudo_threshold > 0 and row.name != "full":
+        pseudo = pseudo_labels(row.model, new_frames, train_hw, recipe.pseudo_threshold)
+    frames_eq = labeled_frames(row.labeled)
+    rule = IterationRule(recipe.per_frame, recipe.floor, recipe.cap)
+    iterations = rule(frames_eq) if (row.labeled or pseudo) else 0
+    if iterations:
+        finetune(
+            row.model,
+            row.labeled,
+            replay,
+            iterations=iterations,
+            lr=recipe.lr,
+            batch_size=recipe.batch_size,
+            replay_share=recipe.replay_share,
+            frozen_blocks=recipe.frozen_blocks,
+            seed=seed,
+            size=train_hw,
+            pseudo=pseudo,
+        )
+    out["iterations"] = iterations
+    out["labeled_frames"] = round(frames_eq, 3)
+    out["pseudo_frames"] = len(pseudo)
+    return out
+
+
+def summary(rows: dict[str, list[dict[str, Any]]], base: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures on next mIoU (round 1 and the last round) for the default rule."""
+    out: dict[str, Any] = {}
+
+    def nxt(name: str, r: int, key: str = "miou") -> float:
+        return float(rows[name][r]["next"][key])
+
+    b = float(base["next"]["miou"])
+    last = len(next(iter(rows.values()))) - 1 if rows else 0
+    if "default" in rows and "full" in rows:
+        for tag, r in (("round1", 0), (f"round{last + 1}", last)):
+            full_gain = nxt("full", r) - b
+            out[f"gain_share_{tag}"] = (
+                round((nxt("default", r) - b) / full_gain, 4) if full_gain > 0 else None
+            )
+            out[f"miou_ratio_{tag}"] = round(nxt("default", r) / max(1e-9, nxt("full", r)), 4)
+    if "default" in rows and "random" in rows:
+        margins = [nxt("default", r) - nxt("random", r) for r in range(last + 1)]
+        out["default_minus_random"] = round(sum(margins) / len(margins), 4)
+        out["default_minus_random_rounds"] = [round(m, 4) for m in margins]
+    if "default" in rows:
+        out["next_pixel_acc_last"] = nxt("default", last, "pixel_acc")
+    drops = [
+        float(base["urban"]["miou"]) - float(rnd["urban"]["miou"])
+        for rounds in rows.values()
+        for rnd in rounds
+    ]
+    out["urban_drop_max"] = round(max(drops), 4) if drops else None
+    return out
+
+
+def plot(
+    rows: dict[str, list[dict[str, Any]]], base: dict[str, Any], path: Path, title: str
+) -> None:
+    """Next mIoU per round per row, the base as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 3.8), dpi=110)
+    colours = {
+        "label_free": "#999999",
+        "ars": "#d62728",
+        "random": "#1f77b4",
+        "default": "#2ca02c",
+        "full": "#000000",
+        "oracle": "#9467bd",
+    }
+    for name, rounds in rows.items():
+        xs = list(range(1, len(rounds) + 1))
+        ys = [float(r["next"]["miou"]) for r in rounds]
+        ax.plot(xs, ys, marker="o", label=name, color=colours.get(name))
+        ax.annotate(f"{ys[-1]:.3f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(6, -3),
+                    fontsize=7)  # fmt: skip
+    ax.axhline(float(base["next"]["miou"]), ls="--", color="#888888", label="base")
+    ax.set_xlabel("round (5 % of the new frames' pixels labeled each round; full: 100 %)")
+    ax.set_ylabel("next mIoU (route ahead)")
+    ax.set_xticks(list(range(1, len(next(iter(rows.values()), [])) + 1)))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+    from models.data import heldout_set, resize_sample, source_replay_set
+    from models.selection import GridSpreader
+    from server_agent.samples import region_training_sample
+    from simulator.drive import Drive
+    from simulator.oracle import OracleAnnotator
+    from simulator.scene import route_stretch
+
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    preset = QUICK if args.quick else FULL
+    per_round = args.round_frames or preset["round_frames"]
+    stride = args.stride or preset["stride"]
+    n_eval = args.eval_frames or preset["eval_frames"]
+    rounds = max(1, args.rounds)
+    recipe = _recipe(args, settings)
+    device = _device(args.device or settings.server.device)
+    rs, ss = settings.robot, settings.server
+    infer_hw = (rs.infer_height, rs.infer_width)
+    train_hw = (ss.train_height, ss.train_width)
+    wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if wanted == ["all"]:
+        wanted = [*ROWS, *ORACLE_ROWS]
+    unknown = set(wanted) - set(ROWS) - set(ORACLE_ROWS)
+    if unknown or not wanted:
+        raise SystemExit(f"rows must be among {ROWS + ORACLE_ROWS} or 'all', got {args.rows!r}")
+    base_model, meta = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT)
+    base_model.to(device).eval()
+    timing: dict[str, float] = {}
+
+    # 1. Evaluation sets: the route ahead of the last round, another route, the old domain.
+    t0 = time.perf_counter()
+    route = Drive("route", seed=args.seed, width=rs.width, height=rs.height)
+    other = Drive("route", seed=args.seed + OTHER_ROUTE_OFFSET, width=rs.width, height=rs.height)
+    driven = rounds * per_round * stride
+    next_idx = _eval_indices(driven, driven, n_eval)
+    sets = {
+        "next": _samples([route.frame(i) for i in next_idx], infer_hw),
+        "other": _samples([other.frame(i) for i in _eval_indices(0, driven, n_eval)], infer_hw),
+        "urban": heldout_set("urban", n_eval, args.seed, infer_hw),
+    }
+    replay = source_replay_set(recipe.replay_frames, 0, train_hw) if recipe.replay_frames else []
+    timing["sets"] = round(time.perf_counter() - t0, 1)
+
+    base_scores = _evaluate(base_model, sets)
+    rows: dict[str, Row] = {}
+    for name in wanted:
+        if name == "base":
+            continue
+        rows[name] = Row(name, copy.deepcopy(base_model))
+        if name == "default" and rs.window == "spread":
+            rows[name].spreader = GridSpreader()  # one for the stream, as on the robot
+    rng = np.random.default_rng(args.seed)
+    oracle = OracleAnnotator(cache_size=4)
+    looks: list[list[str]] = []
+    new_frames: list[np.ndarray] = []  # every driven frame at the training size
+    bar = tqdm(
+        total=rounds * len(rows),
+        desc="adaptation",
+        disable=bool(getattr(args, "json", False)),
+        unit="fine-tune",
+    )
+    t_train = 0.0
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        idx = [(r * per_round + j) * stride for j in range(per_round)]
+        frames = [route.frame(i) for i in idx]
+        looks.append(sorted({route_stretch(args.seed, i) for i in idx}))
+        new_frames += [
+            resize_sample(f.image, np.zeros(f.label.shape, np.uint8), train_hw).image
+            for f in frames
+        ]
+        timing[f"render_round{r + 1}"] = round(time.perf_counter() - t0, 1)
+        for name, row in rows.items():
+            t1 = time.perf_counter()
+            if name == "full":
+                row.labeled += _samples(frames, train_hw)
+            elif name != "label_free":
+                mined: list[Mined] = []
+                if name != "random":
+                    mined = _mine(
+                        row.model, frames, infer_hw, rs.region_frac, row.spreader, name == "oracle"
+                    )
+                for i, box in _select(name, frames, mined, settings, rng):
+                    f = frames[i]
+                    x, y, w, h = box
+                    label = oracle.label_crop(f.frame_id, box)
+                    crop = f.image[y : y + h, x : x + w]
+                    size = (int(f.image.shape[1]), int(f.image.shape[0]))
+                    row.labeled.append(region_training_sample(crop, label, box, size, train_hw))
+            info = _adapt_and_train(row, new_frames, replay, recipe, train_hw, recipe.seed + r)
+            info.update(_evaluate(row.model, sets))
+            info["seconds"] = round(time.perf_counter() - t1, 1)
+            t_train += info["seconds"]
+            row.rounds.append(info)
+            logger.info(
+                "adaptation seed %d round %d %s: next %.3f urban %.3f (%d it)",
+                args.seed, r + 1, name, info["next"]["miou"], info["urban"]["miou"],
+                info["iterations"],
+            )  # fmt: skip
+            bar.update(1)
+    bar.close()
+    timing["rows"] = round(t_train, 1)
+
+    by_row = {name: row.rounds for name, row in rows.items()}
+    result: dict[str, Any] = {
+        "seed": args.seed,
+        "train_seed": recipe.seed,
+        "quick": bool(args.quick),
+        "device": device,
+        "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT.name),
+        "version": meta.version,
+        "route": {
+            "seed": args.seed,
+            "rounds": rounds,
+            "frames_per_round": per_round,
+            "stride": stride,
+            "looks_per_round": looks,
+            "next_frames": [next_idx[0], next_idx[-1]],
+            "next_looks": sorted({route_stretch(args.seed, i) for i in next_idx}),
+            "eval_frames": n_eval,
+        },
+        "budget_pixels": round(rs.select_ratio * rs.region_frac**2, 4),
+        "recipe": {k: v for k, v in recipe.__dict__.items()},
+        "base": base_scores,
+        "rows": by_row,
+    }
+    result.update(summary(by_row, base_scores))
+    result["timing"] = timing
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    path = Path(args.plot) if args.plot else settings.data_dir / f"adaptation-s{args.seed}.png"
+    if by_row:
+        title = (
+            f"adaptation: route seed {args.seed}, {rounds} rounds x {per_round} frames, "
+            f"next = the {n_eval} frames ahead"
+        )
+        plot(by_row, base_scores, path, title)
+        result["plot"] = str(path)
+    return result

@@ -1,0 +1,135 @@
+"""Adaptation: the iteration rule, BN re-estimation, pseudo-labels, scores and the round loop."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ars.bench import adaptation
+from common.config import Settings
+from models.adaptation import IterationRule, labeled_frames, pseudo_labels, reestimate_batchnorm
+from models.checkpoint import save_checkpoint
+from models.data import LabeledSample
+from models.metrics import scores
+from models.network import build_model
+from models.training import finetune
+
+
+def test_iterations_grow_with_labeled_pixels_between_floor_and_cap() -> None:
+    rule = IterationRule(per_frame=3.0, floor=100, cap=300)
+    assert rule(0) == 100 and rule(5) == 100  # a few regions: the floor
+    assert rule(50) == 150 and rule(50.1) == 151  # in between: 3 per labeled frame
+    assert rule(100) == 300 and rule(1000) == 300  # whole drives: the cap
+    quarter = np.full((8, 8), 255, np.uint8)
+    quarter[:4, :4] = 1
+    samples = [LabeledSample(np.zeros((8, 8, 3), np.uint8), quarter)] * 4
+    assert labeled_frames(samples) == pytest.approx(1.0)  # four quarters: one frame
+
+
+def test_batchnorm_statistics_are_the_mix_of_new_and_old_frames() -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    seen: list[torch.Tensor] = []
+    bn.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    rng = np.random.default_rng(0)
+    dark = [rng.integers(0, 60, (48, 64, 3), dtype=np.uint8) for _ in range(6)]
+    bright = [rng.integers(180, 255, (48, 64, 3), dtype=np.uint8) for _ in range(6)]
+    reestimate_batchnorm(model, dark, bright, (48, 64), batch_size=12)  # one batch: exact
+    x = torch.cat(seen)
+    assert x.shape[0] == 12  # both domains in the one batch
+    assert torch.allclose(bn.running_mean, x.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, x.var((0, 2, 3), unbiased=True), atol=1e-4)
+    assert not model.training and bn.momentum == 0.1  # mode and momentum restored
+    after = {k: v for k, v in model.state_dict().items() if "running" not in k}
+    assert all(torch.equal(before[k], after[k]) for k in before if "num_batches" not in k)
+
+
+def test_pseudo_labels_keep_only_confident_pixels() -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    images = [
+        np.random.default_rng(i).integers(0, 255, (60, 80, 3), dtype=np.uint8) for i in range(3)
+    ]
+    everything = pseudo_labels(model, images, (30, 40), threshold=0.0)
+    nothing = pseudo_labels(model, images, (30, 40), threshold=0.999)
+    assert [s.label.shape for s in everything] == [(30, 40)] * 3
+    assert [s.image.shape for s in everything] == [(30, 40, 3)] * 3
+    assert all((s.label < 19).all() for s in everything)  # every pixel: the argmax
+    assert all((s.label == 255).all() for s in nothing)  # a fresh net is never that sure
+    # a label-free fine-tune trains on pseudo-labels alone
+    weights = copy.deepcopy(model.state_dict())
+    finetune(
+        model, [], [], iterations=2, lr=0.01, frozen_blocks=0, size=(30, 40), pseudo=everything
+    )
+    assert any(not torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+def test_scores_count_only_classes_in_the_ground_truth() -> None:
+    conf = np.zeros((19, 19), dtype=np.int64)
+    conf[0, 0], conf[0, 5] = 8, 2  # road: 8 right, 2 called pole (pole absent from the truth)
+    conf[13, 13] = 10  # car: all right
+    out = scores(conf)
+    assert out["iou"] == {"0": 0.8, "13": 1.0}  # pole is not scored, but cost road its IoU
+    assert out["miou"] == pytest.approx(0.9) and out["pixel_acc"] == pytest.approx(0.9)
+    assert out["miou_large"] == pytest.approx(0.8) and out["miou_small"] == pytest.approx(1.0)
+
+
+def test_round_loop_on_a_tiny_model(tmp_path: Path) -> None:
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, build_model("tiny"), arch="tiny", version="tiny-test")
+    settings = Settings(
+        robot={"width": 160, "height": 120, "infer_width": 80, "infer_height": 60},
+        server={"train_width": 80, "train_height": 60},
+    )
+    parser = argparse.ArgumentParser()
+    adaptation.add_arguments(parser)
+    args = parser.parse_args(
+        ["--round-frames", "10", "--stride", "3", "--eval-frames", "3", "--rounds", "2",
+         "--rows", "all", "--checkpoint", str(ckpt), "--threads", "1", "--replay-frames", "4",
+         "--iter-floor", "2", "--iter-per-frame", "1", "--iter-cap", "6", "--bn-frames", "8",
+         "--pseudo-threshold", "0.05", "--plot", str(tmp_path / "chart.png"), "--seed", "5"]
+    )  # fmt: skip
+    assert "oracle" not in parser.parse_args([]).rows  # the ceiling reads the truth: opt-in
+    out = adaptation.run(args, settings)
+    json.dumps(out)
+    rows = out["rows"]
+    assert set(rows) == {"label_free", "ars", "random", "default", "full", "oracle"}
+    assert out["budget_pixels"] == 0.05
+    for name, rounds in rows.items():
+        assert len(rounds) == 2
+        for r, info in enumerate(rounds, start=1):
+            assert set(info) >= {"next", "other", "urban", "iterations", "labeled_frames"}
+            for key in ("next", "other", "urban"):
+                assert 0.0 <= info[key]["miou"] <= 1.0 and 0.0 <= info[key]["pixel_acc"] <= 1.0
+            if name == "full":  # every driven frame labeled: 10 a round
+                assert info["labeled_frames"] == pytest.approx(10 * r)
+                assert info["iterations"] == 6  # capped
+            elif name == "label_free":
+                assert info["labeled_frames"] == 0 and info["pseudo_frames"] == 10 * r
+                assert info["iterations"] == 2  # the floor, on pseudo-labels alone
+            else:  # 2 frames a round (20 %), a quarter of each: 5 % of the pixels
+                assert info["labeled_frames"] == pytest.approx(0.5 * r, abs=0.02)
+                assert info["iterations"] == 2
+    assert out["route"]["looks_per_round"] and out["route"]["next_frames"][0] == 2 * 10 * 3
+    for key in ("gain_share_round1", "gain_share_round2", "miou_ratio_round1",
+                "default_minus_random", "urban_drop_max", "next_pixel_acc_last"):  # fmt: skip
+        assert key in out
+    assert len(out["default_minus_random_rounds"]) == 2
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_error_map_marks_wrong_pixels_and_ignores_unlabelled() -> None:
+    prediction = np.array([[0, 1], [2, 3]])
+    label = np.zeros((4, 4), dtype=np.uint8)  # class 0 everywhere but one unlabelled quarter
+    label[2:, 2:] = 255
+    err = adaptation.error_map(prediction, label)
+    assert err.tolist() == [[0.0, 1.0], [1.0, 0.0]]  # right, wrong, wrong, ignored
