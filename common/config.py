@@ -63,7 +63,9 @@ class RobotSettings(_Section):
     """The robot agent."""
 
     id: str = "rover1"
-    source: str = Field("sim:drive", description="sim:urban|rural|drive, folder:PATH, mqtt:TOPIC")
+    source: str = Field(
+        "sim:drive", description="sim:urban|rural|drive|route, folder:PATH, mqtt:TOPIC"
+    )
     camera_fps: float = Field(15.0, gt=0, le=240)
     width: int = Field(640, ge=32, le=4096)
     height: int = Field(480, ge=32, le=4096)
@@ -100,11 +102,13 @@ class RobotSettings(_Section):
     @classmethod
     def _source(cls, value: str) -> str:
         kind, _, rest = value.partition(":")
-        if kind == "sim" and rest in {"urban", "rural", "drive"}:
+        if kind == "sim" and rest in {"urban", "rural", "drive", "route"}:
             return value
         if kind in {"folder", "mqtt"} and rest:
             return value
-        raise ValueError("must be sim:urban, sim:rural, sim:drive, folder:PATH or mqtt:TOPIC")
+        raise ValueError(
+            "must be sim:urban, sim:rural, sim:drive, sim:route, folder:PATH or mqtt:TOPIC"
+        )
 
 
 class ServerSettings(_Section):
@@ -145,6 +149,16 @@ class ServerSettings(_Section):
     holdout_every: int = Field(
         5, ge=0, le=1000, description="hold 1 labeled region in N out of training (0: none)"
     )
+
+    @model_validator(mode="after")
+    def _iterations_cap(self) -> ServerSettings:
+        if self.iterations_cap < self.iterations:
+            raise ValueError(
+                f"server.iterations_cap ({self.iterations_cap}) is below server.iterations "
+                f"({self.iterations}), the floor of the training rule"
+            )
+        return self
+
     max_regions: int = Field(100_000, ge=1)
     base_model: Path | None = Field(None, description="base checkpoint; default: the shipped one")
 

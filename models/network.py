@@ -99,6 +99,13 @@ def build_model(arch: str = "lraspp_mbv3_large", num_classes: int = 19) -> SegNe
     return SegNet(arch, backbone, head)
 
 
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is present, else 'cpu'; anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def preprocess(
     images: np.ndarray | list[np.ndarray], size: tuple[int, int] | None = None
 ) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Camera sources: each an async iterator of ``(frame_id, image HxWx3 uint8 RGB)``.
 
-- ``sim:urban|rural|drive``: the simulator's ``Drive`` at ``robot.width x robot.height``,
+- ``sim:urban|rural|drive|route``: the simulator's ``Drive`` at ``robot.width x robot.height``,
   paced at ``robot.camera_fps`` (rendering runs in a thread so the loop never stalls).
 - ``folder:PATH``: the images of a folder in sorted order, looping, paced at ``camera_fps``.
 - ``mqtt:TOPIC``: JPEG/PNG frames published by another program, fed by the agent's dispatcher
@@ -177,12 +177,12 @@ def open_source(
 ) -> SimSource | FolderSource | MqttSource:
     """Build the source named by ``spec`` (``robot.source``)."""
     kind, _, rest = spec.partition(":")
-    if kind == "sim" and rest in {"urban", "rural", "drive"}:
+    if kind == "sim" and rest in {"urban", "rural", "drive", "route"}:
         return SimSource(rest, settings)
     if kind == "folder" and rest:
         return FolderSource(Path(rest).expanduser(), settings.camera_fps)
     if kind == "mqtt" and rest:
         return MqttSource(rest, on_error)
     raise ConfigError(
-        f"robot.source {spec!r}: expected sim:urban|rural|drive, folder:PATH, mqtt:TOPIC"
+        f"robot.source {spec!r}: expected sim:urban|rural|drive|route, folder:PATH, mqtt:TOPIC"
     )

@@ -25,8 +25,9 @@ from common.config import ServerSettings
 from common.errors import CommandRejected, ModelError
 from common.hashing import sha256_file
 from common.schemas import Command, FinetuneStatus, new_id
+from models.adaptation import IterationRule
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
-from models.network import SegNet
+from models.network import SegNet, resolve_device
 from models.training import (
     LabeledSample,
     TrainProgress,
@@ -121,6 +122,12 @@ class FinetuneRunner:
         self._cache_lock = threading.Lock()
 
     @property
+    def iteration_rule(self) -> IterationRule:
+        """Iterations for a number of labeled whole frames (``models.adaptation``)."""
+        s = self.settings
+        return IterationRule(s.iterations_per_frame, s.iterations, s.iterations_cap)
+
+    @property
     def train_hw(self) -> tuple[int, int]:
         return self.settings.train_height, self.settings.train_width
 
@@ -133,8 +140,8 @@ class FinetuneRunner:
             raise CommandRejected(
                 f"fine-tuning is already running for {rid} (job {self._jobs[rid].job_id})"
             )
-        iterations = command.args.get("iterations", self.settings.iterations)
-        if (
+        iterations = command.args.get("iterations")
+        if iterations is not None and (
             not isinstance(iterations, int)
             or isinstance(iterations, bool)
             or not (1 <= iterations <= 1_000_000)
@@ -144,6 +151,10 @@ class FinetuneRunner:
         if not labeled:
             raise CommandRejected(
                 f"no annotations for {rid}: label some regions first (Start Annotation)"
+            )
+        if iterations is None:  # the training rule: more labeled pixels, more iterations
+            iterations = self.iteration_rule(
+                sum(r.box[2] * r.box[3] / (r.frame_size[0] * r.frame_size[1]) for r in labeled)
             )
         job = _Job(job_id=new_id(), robot_id=rid, command=command, iterations=iterations)
         self._jobs[rid] = job
@@ -352,6 +363,7 @@ class FinetuneRunner:
         try:
             parent_path = self._parent(rid)
             model, meta = load_checkpoint(parent_path)
+            model.to(resolve_device(self.settings.device))  # CUDA when present, as the robot
             samples, held, labeled = self._samples(rid)
             if not samples:
                 raise ModelError(f"no labeled regions of {rid} could be read")

@@ -100,8 +100,8 @@ def _fields_cell(seed: int, k: int) -> tuple[Obj, ...]:
         if rng.random() < 0.02:
             out.append(_person(rng, s, sgn * (rhw + 0.7)))
     if k % 5 == 0:  # a power line: a wooden pole every 40 m on one side
-        side = 1.0 if np.random.default_rng((seed, 314)).random() < 0.5 else -1.0
-        out.append(Obj("pole", s + rng.uniform(0, 2), 0.0, side * (rhw + 2.5), 8.5, 0.24, 1))
+        line = 1.0 if np.random.default_rng((seed, 314)).random() < 0.5 else -1.0
+        out.append(Obj("pole", s + rng.uniform(0, 2), 0.0, line * (rhw + 2.5), 8.5, 0.24, 1))
     return tuple(out)
 
 

@@ -145,3 +145,29 @@ def make_mask_png() -> bytes:
     mask[:, :16] = 9  # terrain
     mask[:, 16:] = 0  # road
     return encode_png(mask)
+
+
+async def test_finetune_iterations_follow_the_labeled_pixels(
+    broker: BrokerHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No args.iterations: the training rule sets them from the labeled share of frames."""
+    from models.adaptation import IterationRule
+
+    base = tiny_checkpoint(tmp_path / "base.pt")
+    settings = server_settings(
+        broker, tmp_path / "server", iterations=2, iterations_per_frame=20, iterations_cap=40
+    )
+    async with operator(broker) as op, ServerAgent(settings, base_checkpoint=base) as server:
+        await server.wait_connected()
+        await _send_regions(broker, 3)
+        assert (await op.final(RID, "start_annotation")).kind == "done"
+        assert "labeled 3 of 3 regions" in await _oracle_label(broker, capsys)
+        rows = server.store.labeled_regions(RID)
+        frames = sum(r.box[2] * r.box[3] / (r.frame_size[0] * r.frame_size[1]) for r in rows)
+        expected = IterationRule(20, 2, 40)(frames)
+        assert 2 < expected < 40  # neither the floor nor the cap decides here
+        command = await op.command(RID, "start_finetune")
+        accepted = await op.event(command.id, ("accepted",), timeout=30)
+        assert accepted.data["iterations"] == expected
+        done = await op.event(command.id, ("done", "failed"), timeout=120)
+        assert done.kind == "done" and len(done.data["losses"]) == expected

@@ -111,14 +111,6 @@ class Row:
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def _recipe(args: argparse.Namespace, settings: Settings) -> Recipe:
     ss = settings.server
 
@@ -383,6 +375,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
     from models.data import heldout_set, resize_sample, source_replay_set
+    from models.network import resolve_device
     from models.selection import GridSpreader
     from server_agent.samples import region_training_sample
     from simulator.drive import Drive
@@ -397,7 +390,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     n_eval = args.eval_frames or preset["eval_frames"]
     rounds = max(1, args.rounds)
     recipe = _recipe(args, settings)
-    device = _device(args.device or settings.server.device)
+    device = resolve_device(args.device or settings.server.device)
     rs, ss = settings.robot, settings.server
     infer_hw = (rs.infer_height, rs.infer_width)
     train_hw = (ss.train_height, ss.train_width)
