@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := mosquitto mosquitto-clients chromium nodejs
 
-.PHONY: run test venv system-deps lint typecheck bench clean
+.PHONY: run test venv system-deps lint typecheck bench clean gpu-check
 
 venv: $(STAMP)
 
@@ -35,6 +35,12 @@ test: venv system-deps
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+# On a machine with a GPU: time a fine-tune on CPU and CUDA, then the quick adaptation bench on CUDA.
+gpu-check: venv
+	mkdir -p .ars
+	$(BIN)/ars bench finetune --json --out .ars/gpu-finetune.json
+	$(BIN)/ars bench adaptation --json --quick --seed 1 --device cuda --out .ars/gpu-adaptation.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -133,3 +133,23 @@ def test_error_map_marks_wrong_pixels_and_ignores_unlabelled() -> None:
     label[2:, 2:] = 255
     err = adaptation.error_map(prediction, label)
     assert err.tolist() == [[0.0, 1.0], [1.0, 0.0]]  # right, wrong, wrong, ignored
+
+
+def test_finetune_bench_times_each_device(tmp_path: Path) -> None:
+    from ars.bench import finetune as finetune_bench
+
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, build_model("tiny"), arch="tiny", version="tiny-test")
+    parser = argparse.ArgumentParser()
+    finetune_bench.add_arguments(parser)
+    args = parser.parse_args(
+        ["--iterations", "2", "--frames", "2", "--threads", "1", "--checkpoint", str(ckpt)]
+    )
+    settings = Settings(
+        robot={"width": 160, "height": 120},
+        server={"train_width": 80, "train_height": 60, "replay_frames": 2},
+    )
+    out = finetune_bench.run(args, settings)
+    assert "cpu" in out["devices"] and out["devices"]["cpu"]["ms_per_iteration"] > 0
+    assert ("cuda" in out["devices"]) == torch.cuda.is_available()
+    assert ("cuda_speedup" in out) == torch.cuda.is_available()

@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "sim": "simulator frame rate at 640x480 and 320x240",
     "mining": "inference, entropy and window search against the average-pool reference",
     "domain-gap": "the base model's mIoU on held-out urban and rural frames",
+    "finetune": "one server fine-tune timed on the CPU and, when present, on CUDA",
     "adaptation": "rounds of 5 percent labels on a route: mIoU ahead, elsewhere and urban per rule",
     "robot": "the robot agent's steady-state loop (fps, stage times) and inference choices",
     "transfer": "a model version from offer to active, fp32 and fp16, against raw MQTT",
