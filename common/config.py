@@ -127,7 +127,7 @@ class ServerSettings(_Section):
     pseudo_threshold: float = Field(
         0.0, ge=0, lt=1, description="softmax confidence of a pseudo-label (0: none)"
     )
-    lr: float = Field(5e-3, gt=0, le=1)  # tuned once on label-efficiency seed 11
+    lr: float = Field(5e-3, gt=0, le=1)  # tuned once on the former label-efficiency bench, seed 11
     batch_size: int = Field(4, ge=1, le=512)
     replay_share: float = Field(0.5, ge=0, lt=1)
     frozen_blocks: int = Field(

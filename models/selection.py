@@ -1,6 +1,6 @@
 """Which frames' regions go to the annotator: the pure selection rules, in one place.
 
-The robot's Transfer Data and the label-efficiency benchmark both call these, so the rule
+The robot's Transfer Data and the adaptation benchmark both call these, so the rule
 measured is the rule deployed. Every rule returns exactly ``budget_count(ratio, n)`` indices.
 """
 
@@ -113,7 +113,7 @@ class GridSpreader:
     trees, fences) is elsewhere in the image too. The robot keeps one spreader for its whole
     stream (``robot.window = "spread"``): every frame's window is chosen as it is mined, so the
     candidate store keeps one crop per frame. The frames a selection later takes have their
-    windows spread too, but only roughly: on one label-efficiency seed of three this fell
+    windows spread too, but only roughly: on one seed of three of the former label-efficiency bench this fell
     short of spreading the selected frames' windows (`spread_windows`) by 0.028 rural mIoU.
     """
 

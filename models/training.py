@@ -166,7 +166,7 @@ def finetune(
     (`trainable_parameters`): with every layer free, the same 30 regions gave rural mIoU from
     0.15 to 0.26 depending on the training seed alone; with the stem and the stride-8 stage
     fixed (7 blocks of MobileNetV3-Large) two training seeds mostly land within 0.01 of each
-    other (docs/label_efficiency.md, "Day 3").
+    other (measured on the former label-efficiency bench, now `ars bench adaptation`).
     With `pseudo` (unlabeled new-domain frames with the model's confident pixels,
     ``models.adaptation.pseudo_labels``), round(new slots * pseudo_share) of each batch's
     new-domain slots, at least one, draw from them instead; with no labelled samples at all

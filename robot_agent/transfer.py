@@ -57,7 +57,7 @@ class TransferReport:
 
 
 def select(candidates: list[Candidate], ratio: float, rule: str = "top") -> list[Candidate]:
-    """``ceil(ratio * n)`` candidates by ``models.selection``, the rules the label-efficiency
+    """``ceil(ratio * n)`` candidates by ``models.selection``, the rules the adaptation
     benchmark measures. "top": the highest scores (the paper's; ties: older first). "diverse":
     hardest first, no two within 1/ratio frames of each other (in processing order) while the
     hardest allow it, so near-duplicate frames of one stretch of road do not fill the budget."""
