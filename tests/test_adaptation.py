@@ -153,3 +153,26 @@ def test_finetune_bench_times_each_device(tmp_path: Path) -> None:
     assert "cpu" in out["devices"] and out["devices"]["cpu"]["ms_per_iteration"] > 0
     assert ("cuda" in out["devices"]) == torch.cuda.is_available()
     assert ("cuda_speedup" in out) == torch.cuda.is_available()
+
+
+def test_aggregate_gives_mean_and_95_percent_interval(tmp_path: Path) -> None:
+    runs = [
+        {"seed": 1, "train_seed": 1, "default_minus_random": 0.02, "urban_drop_max": 0.01},
+        {"seed": 2, "train_seed": 2, "default_minus_random": 0.04, "urban_drop_max": 0.03},
+        {"seed": 3, "train_seed": 3, "default_minus_random": 0.06, "urban_drop_max": None},
+    ]
+    out = adaptation.aggregate(runs)
+    margin = out["default_minus_random"]
+    assert margin["mean"] == pytest.approx(0.04) and (margin["min"], margin["max"]) == (0.02, 0.06)
+    half = 4.303 * 0.02 / 3**0.5  # t(0.975, 2) x sd / sqrt(n)
+    assert margin["ci95"] == pytest.approx([0.04 - half, 0.04 + half], abs=1e-4)
+    assert out["urban_drop_max"]["mean"] == pytest.approx(0.02)  # missing values skipped
+    assert out["runs"] == 3 and len(out["by_run"]) == 3
+    files = []
+    for i, run in enumerate(runs):
+        files.append(tmp_path / f"{i}.json")
+        files[-1].write_text(json.dumps(run))
+    parser = argparse.ArgumentParser()
+    adaptation.add_arguments(parser)
+    args = parser.parse_args(["--aggregate", *map(str, files)])
+    assert adaptation.run(args, Settings())["default_minus_random"] == margin

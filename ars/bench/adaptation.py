@@ -81,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iter-per-frame", type=float, default=None)
     parser.add_argument("--iter-floor", type=int, default=None)
     parser.add_argument("--iter-cap", type=int, default=None)
+    parser.add_argument(
+        "--aggregate",
+        nargs="+",
+        metavar="JSON",
+        help="no run: the mean and 95%% interval of the headline figures over these runs' JSON",
+    )
 
 
 @dataclass(frozen=True)
@@ -332,6 +338,46 @@ def summary(rows: dict[str, list[dict[str, Any]]], base: dict[str, Any]) -> dict
     return out
 
 
+#: Two-sided 95 % Student t quantiles by degrees of freedom (1..10); 1.96 beyond.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+HEADLINE = (
+    "default_minus_random",
+    "gain_share_round1",
+    "gain_share_round3",
+    "miou_ratio_round1",
+    "miou_ratio_round3",
+    "urban_drop_max",
+    "next_pixel_acc_last",
+)
+
+
+def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, 95 % interval (Student t), min and max of each headline figure over runs (route
+    seeds x training seeds), and each run's figures."""
+    out: dict[str, Any] = {"runs": len(results)}
+    for key in HEADLINE:
+        values = [float(r[key]) for r in results if r.get(key) is not None]
+        if not values:
+            continue
+        n = len(values)
+        mean = sum(values) / n
+        row: dict[str, Any] = {"mean": round(mean, 4), "min": min(values), "max": max(values)}
+        if n > 1:
+            sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+            half = (_T95[n - 2] if n - 1 <= len(_T95) else 1.96) * sd / n**0.5
+            row["ci95"] = [round(mean - half, 4), round(mean + half, 4)]
+        out[key] = row
+    out["by_run"] = [
+        {
+            "seed": r.get("seed"),
+            "train_seed": r.get("train_seed"),
+            **{k: r.get(k) for k in HEADLINE},
+        }
+        for r in results
+    ]
+    return out
+
+
 def plot(
     rows: dict[str, list[dict[str, Any]]], base: dict[str, Any], path: Path, title: str
 ) -> None:
@@ -382,6 +428,10 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from simulator.oracle import OracleAnnotator
     from simulator.scene import route_stretch
 
+    if args.aggregate:
+        import json
+
+        return aggregate([json.loads(Path(p).read_text()) for p in args.aggregate])
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
     preset = QUICK if args.quick else FULL
