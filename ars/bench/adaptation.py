@@ -396,16 +396,17 @@ def plot(
         "full": "#000000",
         "oracle": "#9467bd",
     }
+    start = float(base["next"]["miou"])
     for name, rounds in rows.items():
-        xs = list(range(1, len(rounds) + 1))
-        ys = [float(r["next"]["miou"]) for r in rounds]
+        xs = list(range(len(rounds) + 1))  # round 0: the base model every row starts from
+        ys = [start, *(float(r["next"]["miou"]) for r in rounds)]
         ax.plot(xs, ys, marker="o", label=name, color=colours.get(name))
         ax.annotate(f"{ys[-1]:.3f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(6, -3),
                     fontsize=7)  # fmt: skip
-    ax.axhline(float(base["next"]["miou"]), ls="--", color="#888888", label="base")
+    ax.axhline(start, ls="--", color="#888888", label="base")
     ax.set_xlabel("round (5 % of the new frames' pixels labeled each round; full: 100 %)")
     ax.set_ylabel("next mIoU (route ahead)")
-    ax.set_xticks(list(range(1, len(next(iter(rows.values()), [])) + 1)))
+    ax.set_xticks(list(range(len(next(iter(rows.values()), [])) + 1)))
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="best", ncol=2)
     fig.tight_layout()
