@@ -311,12 +311,17 @@ class RobotAgent:
 
     # --- camera and inference --------------------------------------------------------------------
     async def _camera(self) -> None:
-        """Pull frames only while segmenting (the simulator costs CPU); newest frame wins."""
+        """Pull frames only while segmenting (the simulator costs CPU); newest frame wins,
+        except for a lossless source (a recording played at rate 0), pulled only once the
+        waiting frame is taken."""
+        lossless = bool(getattr(self.source, "lossless", False))  # a recording at rate 0
         while True:
             frames = aiter(self.source)
             try:
                 while True:
                     await self._seg_on.wait()
+                    if lossless:
+                        await self.mailbox.drained()
                     frame = await anext(frames)
                     if self.segmenting:
                         self.mailbox.put(frame)
