@@ -31,12 +31,9 @@ def picture(i: int, width: int = 64, height: int = 48) -> np.ndarray:
         (10, 120, 25 * i % 256),
         (250 - 20 * i % 256, 250, 250),
     ]
-    for (ys, xs), colour in zip(
-        [(slice(0, h2), slice(0, w2)), (slice(0, h2), slice(w2, None))]
-        + [(slice(h2, None), slice(0, w2)), (slice(h2, None), slice(w2, None))],
-        colours,
-        strict=True,
-    ):
+    top, bottom, left, right = slice(0, h2), slice(h2, None), slice(0, w2), slice(w2, None)
+    quadrants = [(top, left), (top, right), (bottom, left), (bottom, right)]
+    for (ys, xs), colour in zip(quadrants, colours, strict=True):
         img[ys, xs] = colour
     return img
 
