@@ -149,7 +149,10 @@ class RobotAgent:
         will = aiomqtt.Will(
             t.robot_state(self.rid),
             RobotState(
-                robot_id=self.rid, online=False, source=rs.source, started=self.started
+                robot_id=self.rid,
+                online=False,
+                source=self.source.description,  # a stream url without its password
+                started=self.started,
             ).to_json(),
             qos=1,
             retain=True,
