@@ -41,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--since", metavar="VERSION", help="only labels saved after VERSION was made")
     model = sub.add_parser("model", help="a model version as ONNX or a torchvision state dict")
     model.add_argument("version", metavar="VERSION", help="registered version, base, or a .pt file")
-    model.add_argument("--format", choices=["onnx", "pt"], default="onnx", dest="fmt")
+    model.add_argument(
+        "--format",
+        choices=["onnx", "pt"],
+        default="onnx",
+        dest="fmt",
+        help="onnx: dynamic height and width (default); pt: a torchvision state dict",
+    )
     model.add_argument("out", type=Path, metavar="OUT", help="the file to write")
     for p in (data, model):  # also accepted after the sub-command
         p.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="server data")
