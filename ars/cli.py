@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("models.pretrain_cli", "train the base model on urban simulator frames"),
     "eval": ("models.evaluate_cli", "evaluate a checkpoint on held-out urban and rural frames"),
     "bench": ("ars.bench", "run a benchmark and print one JSON object"),
+    "export": ("ars.export", "export labeled regions as a data set, or a model as ONNX or .pt"),
 }
 
 

@@ -64,9 +64,24 @@ class RobotSettings(_Section):
 
     id: str = "rover1"
     source: str = Field(
-        "sim:drive", description="sim:urban|rural|drive|route, folder:PATH, mqtt:TOPIC"
+        "sim:drive",
+        description="sim:urban|rural|drive|route, folder:PATH, mqtt:TOPIC, video:PATH_OR_URL, "
+        "rosbag:PATH[:TOPIC]",
     )
     camera_fps: float = Field(15.0, gt=0, le=240)
+    pace: Literal["recorded", "fps"] = Field(
+        "recorded",
+        description="video files and bags: follow the recording's timestamps (scaled by rate) "
+        "or tick at camera_fps",
+    )
+    rate: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="video files and bags: times the recorded speed; 0: as fast as the robot "
+        "takes frames (none dropped)",
+    )
+    loop: bool = Field(False, description="video files and bags start again at their end")
     width: int = Field(640, ge=32, le=4096)
     height: int = Field(480, ge=32, le=4096)
     infer_width: int = Field(320, ge=32, le=4096)
@@ -104,10 +119,11 @@ class RobotSettings(_Section):
         kind, _, rest = value.partition(":")
         if kind == "sim" and rest in {"urban", "rural", "drive", "route"}:
             return value
-        if kind in {"folder", "mqtt"} and rest:
+        if kind in {"folder", "mqtt", "video", "rosbag"} and rest:
             return value
         raise ValueError(
-            "must be sim:urban, sim:rural, sim:drive, sim:route, folder:PATH or mqtt:TOPIC"
+            "must be sim:urban, sim:rural, sim:drive, sim:route, folder:PATH, mqtt:TOPIC, "
+            "video:PATH_OR_URL or rosbag:PATH[:TOPIC]"
         )
 
 

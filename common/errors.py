@@ -19,6 +19,10 @@ class PayloadTooLarge(ProtocolError):
     """A payload over its size limit; raised before any parsing."""
 
 
+class SourceError(ArsError):
+    """A camera source that cannot be read: corrupt file, dropped stream, unknown encoding."""
+
+
 class TransferError(ArsError):
     """A chunked transfer that cannot complete (corrupt chunk, hash mismatch, missing parts)."""
 

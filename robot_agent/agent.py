@@ -149,7 +149,10 @@ class RobotAgent:
         will = aiomqtt.Will(
             t.robot_state(self.rid),
             RobotState(
-                robot_id=self.rid, online=False, source=rs.source, started=self.started
+                robot_id=self.rid,
+                online=False,
+                source=self.source.description,  # a stream url without its password
+                started=self.started,
             ).to_json(),
             qos=1,
             retain=True,
@@ -311,12 +314,17 @@ class RobotAgent:
 
     # --- camera and inference --------------------------------------------------------------------
     async def _camera(self) -> None:
-        """Pull frames only while segmenting (the simulator costs CPU); newest frame wins."""
+        """Pull frames only while segmenting (the simulator costs CPU); newest frame wins,
+        except for a lossless source (a recording played at rate 0), pulled only once the
+        waiting frame is taken."""
+        lossless = bool(getattr(self.source, "lossless", False))  # a recording at rate 0
         while True:
             frames = aiter(self.source)
             try:
                 while True:
                     await self._seg_on.wait()
+                    if lossless:
+                        await self.mailbox.drained()
                     frame = await anext(frames)
                     if self.segmenting:
                         self.mailbox.put(frame)

@@ -1,4 +1,7 @@
-"""``ars robot --id ROBOT --source sim:rural|folder:PATH|mqtt:TOPIC``: run one robot agent.
+"""``ars robot --id ROBOT --source SOURCE``: run one robot agent.
+
+SOURCE: ``sim:urban|rural|drive``, ``folder:PATH``, ``mqtt:TOPIC``, ``video:PATH_OR_URL``
+(file, stream or ``/dev/videoN``) or ``rosbag:PATH[:TOPIC]`` (ROS 1, ROS 2 or MCAP).
 
 The broker URL must carry the robot's own user (``robot-<rid>``), e.g.
 ``--broker mqtt://robot-rover1:PASS@host:1883`` (``ars up`` passes it in ``ARS_MQTT__URL``).
@@ -34,8 +37,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", dest="robot_id", help="robot id (default rover1)")
     parser.add_argument(
         "--source",
-        help="sim:urban|rural|drive, folder:PATH or mqtt:TOPIC (a robot user may read only its "
-        "own subtree, e.g. mqtt:ars/robots/rover1/camera)",
+        help="sim:urban|rural|drive, folder:PATH, mqtt:TOPIC (a robot user may read only its "
+        "own subtree, e.g. mqtt:ars/robots/rover1/camera), video:PATH_OR_URL (file, rtsp/http "
+        "stream, /dev/video0) or rosbag:PATH[:TOPIC] (ROS 1 .bag, ROS 2 bag, .mcap)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="video files and bags: times the recorded speed (default 1); 0: as fast as the "
+        "robot takes frames, none dropped",
+    )
+    parser.add_argument(
+        "--pace",
+        choices=["recorded", "fps"],
+        help="video files and bags: follow the recorded timestamps or --camera-fps",
+    )
+    parser.add_argument(
+        "--loop",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="video files and bags: start again at the end",
     )
     parser.add_argument("--model", type=Path, help="initial checkpoint (default: the shipped base)")
     parser.add_argument("--preview-fps", type=float, help="previews per second (0: none)")
@@ -62,6 +83,9 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "seed": "seed",
         "switch_at": "switch_at",
         "max_candidates": "max_candidates",
+        "rate": "rate",
+        "pace": "pace",
+        "loop": "loop",
     }
     for attr, name in simple.items():
         value = getattr(args, attr, None)

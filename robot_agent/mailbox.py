@@ -20,6 +20,8 @@ class LatestMailbox(Generic[T]):
         self._item: T | None = None
         self._full = False
         self._event = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
         self.put_count = 0
         self.dropped = 0
 
@@ -30,6 +32,7 @@ class LatestMailbox(Generic[T]):
         self._item = item
         self._full = True
         self.put_count += 1
+        self._empty.clear()
         self._event.set()
 
     async def get(self) -> T:
@@ -40,6 +43,7 @@ class LatestMailbox(Generic[T]):
         item = self._item
         self._item = None
         self._full = False
+        self._empty.set()
         assert item is not None
         return item
 
@@ -47,6 +51,12 @@ class LatestMailbox(Generic[T]):
         """Drop the waiting item, if any (segmentation stopped)."""
         self._item = None
         self._full = False
+        self._empty.set()
+
+    async def drained(self) -> None:
+        """Wait until no item is waiting (taken or cleared): a producer that must drop
+        nothing (a recording played as fast as the robot goes) waits here before ``put``."""
+        await self._empty.wait()
 
     @property
     def waiting(self) -> bool:

@@ -8,6 +8,12 @@
   ``ars/robots/<rid>/``, so use e.g. ``mqtt:ars/robots/<rid>/camera`` (or run the robot as a
   user allowed to read the camera topic). A payload may also be an envelope whose header holds
   ``frame_id`` and whose first part is the image.
+- ``video:PATH_OR_URL``: a video file, stream or V4L2 camera through PyAV
+  (``robot_agent.video_source``).
+- ``rosbag:PATH[:TOPIC]``: the images of a ROS 1 bag, ROS 2 bag or MCAP file through rosbags
+  (``robot_agent.bag_source``).
+
+A source that fails or ends reports an error through ``on_error`` and the agent keeps running.
 """
 
 from __future__ import annotations
@@ -58,6 +64,46 @@ class Pacer:
         if delay > 0:
             await asyncio.sleep(delay)
         self._next += self.period
+
+
+class RecordedPacer:
+    """Holds each frame until its recorded time, divided by ``rate``, has passed since the first.
+
+    ``rate`` 0 never waits. A consumer more than ``MAX_LAG_S`` behind, a recording whose time
+    goes backwards (a loop) or jumps ahead by more than ``MAX_GAP_S`` restarts the schedule at
+    the frame, so there is no catch-up burst and no stall on a broken timestamp.
+    """
+
+    MAX_LAG_S = 0.5
+    MAX_GAP_S = 10.0
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._anchor: tuple[float, float] | None = None
+
+    def reset(self) -> None:
+        self._anchor = None
+
+    async def wait(self, t: float | None) -> None:
+        """``t``: the frame's recorded time in seconds (None: unknown, no wait)."""
+        if self.rate <= 0 or t is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._anchor is None:
+            self._anchor = (now, t)
+            return
+        wall0, t0 = self._anchor
+        delay = wall0 + (t - t0) / self.rate - now
+        if t < t0 or delay < -self.MAX_LAG_S or delay > self.MAX_GAP_S:
+            self._anchor = (now, t)
+        elif delay > 0:
+            await asyncio.sleep(delay)
+
+
+async def park() -> None:
+    """A source that has ended waits here (until the agent cancels it) instead of finishing,
+    so the agent does not start it again: ended files stay ended, as an error event said."""
+    await asyncio.Event().wait()
 
 
 class SimSource:
@@ -174,8 +220,8 @@ class MqttSource:
 
 def open_source(
     spec: str, settings: RobotSettings, on_error: ErrorReporter | None = None
-) -> SimSource | FolderSource | MqttSource:
-    """Build the source named by ``spec`` (``robot.source``)."""
+) -> FrameSource:
+    """Build the source named by ``spec`` (``robot.source``); ConfigError if it cannot be."""
     kind, _, rest = spec.partition(":")
     if kind == "sim" and rest in {"urban", "rural", "drive", "route"}:
         return SimSource(rest, settings)
@@ -183,6 +229,15 @@ def open_source(
         return FolderSource(Path(rest).expanduser(), settings.camera_fps)
     if kind == "mqtt" and rest:
         return MqttSource(rest, on_error)
+    if kind == "video" and rest:
+        from robot_agent.video_source import VideoSource  # PyAV loads only for video robots
+
+        return VideoSource(rest, settings, on_error)
+    if kind == "rosbag" and rest:
+        from robot_agent.bag_source import BagSource  # rosbags loads only for bag robots
+
+        return BagSource(rest, settings, on_error)
     raise ConfigError(
-        f"robot.source {spec!r}: expected sim:urban|rural|drive|route, folder:PATH, mqtt:TOPIC"
+        f"robot.source {spec!r}: expected sim:urban|rural|drive|route, folder:PATH, mqtt:TOPIC, "
+        "video:PATH_OR_URL or rosbag:PATH[:TOPIC]"
     )

@@ -324,6 +324,13 @@ class Store:
                 (row.region_id, state, labeled_pixels, time.time()),
             )
 
+    def annotation_times(self) -> dict[str, tuple[float, int]]:
+        """Labeled regions: region id -> (time of its last label, labeled pixels)."""
+        rows = self._query(
+            "SELECT region_id, updated, labeled_pixels FROM annotations WHERE state = 'labeled'"
+        )
+        return {str(r[0]): (float(r[1]), int(r[2])) for r in rows}
+
     def labeled_regions(self, robot_id: str) -> list[RegionRow]:
         return [r for r in self.list_regions(robot_id) if r.annotated]
 
