@@ -2,7 +2,8 @@
 
 A delta (``models.delta``) is made against the model the robot runs (its parent for a
 fine-tune, or anything else the server holds a checkpoint of: a registered version or the
-base checkpoint) and sent when it is smaller than ``MAX_DELTA_SHARE`` of the checkpoint.
+base checkpoint) when both are stored in the same dtype, and sent when it is smaller than
+``MAX_DELTA_SHARE`` of the checkpoint.
 Before it is offered the server applies it to the parent itself, exactly as the robot will,
 and checks that the result has the new version's weights SHA-256: the robot's rebuild is then
 bit-exact, and a delta that would not be is never sent. Deltas are kept for the last few
@@ -126,6 +127,12 @@ class PayloadMaker:
         if sha256_bytes(child_path.read_bytes()) != row.sha256:
             raise StorageError(f"checkpoint of {row.version} does not match its SHA-256")
         weights, meta = read_checkpoint(child_path, expected_classes=None)
+        if meta.dtype != parent_meta.dtype:  # bit differences need one dtype on both sides
+            logger.info(
+                "%s is %s, its parent %s %s: sending the checkpoint",
+                row.version, meta.dtype, parent, parent_meta.dtype,
+            )  # fmt: skip
+            return None
         data = encode_delta(parent_weights, parent_meta, weights, meta)
         if len(data) > MAX_DELTA_SHARE * row.bytes:
             logger.info(
