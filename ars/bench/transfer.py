@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ars.bench._harness import (
     Broker,
@@ -185,6 +185,7 @@ async def one_transfer(
     dtype: str,
     frames: list[float],
     swaps: list[float],
+    steps: list[tuple[float, float, str]],
     segmenting: bool,
     camera_fps: float,
 ) -> dict[str, Any]:
@@ -192,9 +193,8 @@ async def one_transfer(
     from models.checkpoint import save_checkpoint
 
     ckpt = server_dir.parent / f"{version}.pt"
-    await asyncio.to_thread(
-        save_checkpoint, ckpt, child, arch=arch, version=version, dtype="fp16" if dtype == "fp16" else "fp32"
-    )  # fmt: skip
+    stored: Literal["fp16", "fp32"] = "fp16" if dtype == "fp16" else "fp32"
+    await asyncio.to_thread(save_checkpoint, ckpt, child, arch=arch, version=version, dtype=stored)
     await asyncio.to_thread(register, server_dir, ckpt, version, arch, dtype)
     start = len(obs.messages)
     command = Command(cmd="transfer_model", args={"force": True})
@@ -278,6 +278,21 @@ async def one_transfer(
         )
         limit = normal + 1000.0 / camera_fps
         result["swap_pause_ok"] = bool(near_gaps and max(near_gaps) <= limit)
+        # the trace: every gap over the limit, and the install steps that ran in it (each
+        # step waits for the frame in flight, then holds the next one back until it is done)
+        slow = []
+        for x, y in itertools.pairwise(around):
+            if (y - x) * 1000 <= limit:
+                continue
+            inside = [
+                {"step": name, "ms": r((e - s0) * 1000, 1)}
+                for s0, e, name in steps
+                if s0 < y and e > x
+            ]
+            slow.append(
+                {"at_s": r(x - t_offer, 3), "gap_ms": r((y - x) * 1000, 1), "steps": inside}
+            )
+        result["gaps_over_limit"] = slow
     return result
 
 
@@ -317,6 +332,7 @@ async def on_broker(
             )  # fmt: skip
             frames: list[float] = []
             swaps: list[float] = []
+            steps: list[tuple[float, float, str]] = []
             async with RobotAgent(settings) as robot:
                 await robot.link.wait_connected(10)
                 real_keep, real_swap = robot._keep, robot.slot.swap
@@ -333,6 +349,16 @@ async def on_broker(
                 base_version = robot.slot.current.version
                 robot._keep = keep  # type: ignore[method-assign]
                 robot.slot.swap = swap  # type: ignore[method-assign]
+                real_between = robot.slot.run_between_frames
+
+                def between(fn: Any, *a: Any, **kw: Any) -> Any:
+                    t0 = time.perf_counter()
+                    try:
+                        return real_between(fn, *a, **kw)
+                    finally:
+                        steps.append((t0, time.perf_counter(), getattr(fn, "__name__", "step")))
+
+                robot.slot.run_between_frames = between  # type: ignore[method-assign]
 
                 async def back_to_base() -> None:
                     # each transfer starts from the base, so each delta has the base as parent
@@ -344,7 +370,7 @@ async def on_broker(
                     await back_to_base()
                     idle = await one_transfer(
                         obs, b, server_dir, child, f"{kind}-{row}-idle", arch, dtype,
-                        frames, swaps, False, robot.rs.camera_fps,
+                        frames, swaps, steps, False, robot.rs.camera_fps,
                     )  # fmt: skip
                     if args.tiny and dtype == "fp32":
                         out[row] = {"bytes": idle["bytes"], "idle": idle, "segmenting": idle}
@@ -354,7 +380,7 @@ async def on_broker(
                     await asyncio.sleep(4.0 if not args.tiny else 1.5)
                     seg = await one_transfer(
                         obs, b, server_dir, child, f"{kind}-{row}-seg", arch, dtype,
-                        frames, swaps, True, robot.rs.camera_fps,
+                        frames, swaps, steps, True, robot.rs.camera_fps,
                     )  # fmt: skip
                     await robot.end_segmentation()
                     out[row] = {"bytes": idle["bytes"], "idle": idle, "segmenting": seg}
