@@ -155,6 +155,9 @@ class ServerSettings(_Section):
     eval_frames: int = Field(24, ge=1, le=100_000)
     chunk_size: int = Field(256 * 1024, ge=1024, le=256 * 1024)
     model_dtype: Literal["fp32", "fp16"] = "fp16"
+    delta_updates: bool = Field(
+        True, description="send a model as its difference from the robot's when smaller"
+    )
     resend_timeout_s: float = Field(2.0, gt=0, le=600)
     device: str = "auto"
     threads: int = Field(2, ge=1, le=256)

@@ -13,7 +13,14 @@ import time
 import uuid
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from common.errors import PayloadTooLarge, ProtocolError
 from common.ids import id_value
@@ -265,17 +272,47 @@ class ModelOffer(_IdChecks):
     classes: list[str] = Field(default_factory=list)
     metrics: dict[str, float] = Field(default_factory=dict)
     signature: str | None = None
+    # a delta (``models.delta``): the payload rebuilds this version from ``parent_version``,
+    # whose weights have ``parent_sha256``; the rebuilt weights must have ``weights_sha256``
+    # (both the checkpoints' own weights hash). ``sha256``, ``bytes`` and ``chunks`` describe
+    # the payload sent; ``full_bytes`` is the whole checkpoint's size. Absent from full offers,
+    # which stay as they were.
+    encoding: Literal["full", "delta"] | None = None
+    parent_version: str | None = Field(default=None, min_length=1, max_length=128)
+    parent_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    weights_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    full_bytes: int | None = Field(default=None, gt=0, le=1 << 31)
 
-    @field_validator("version")
+    @field_validator("version", "parent_version")
     @classmethod
-    def _version(cls, value: str) -> str:
-        return id_value(value, "model version")
+    def _version(cls, value: str | None) -> str | None:
+        return None if value is None else id_value(value, "model version")
+
+    @model_validator(mode="after")
+    def _delta_fields(self) -> ModelOffer:
+        delta = (self.parent_version, self.parent_sha256, self.weights_sha256, self.full_bytes)
+        if self.encoding == "delta" and None in delta:
+            raise ValueError(
+                "a delta offer needs parent_version, parent_sha256, weights_sha256, full_bytes"
+            )
+        return self
+
+    @property
+    def is_delta(self) -> builtins.bool:
+        return self.encoding == "delta"
+
+    def to_json(self) -> builtins.bytes:
+        return self.model_dump_json(exclude=self._unset_delta_fields()).encode()
+
+    def _unset_delta_fields(self) -> set[str]:
+        names = ("encoding", "parent_version", "parent_sha256", "weights_sha256", "full_bytes")
+        return {n for n in names if getattr(self, n) is None}
 
     def signed_fields(self) -> builtins.bytes:
-        """Canonical bytes an HMAC signature covers (everything but the signature)."""
-        return json.dumps(
-            self.model_dump(exclude={"signature"}), sort_keys=True, separators=(",", ":")
-        ).encode()
+        """Canonical bytes an HMAC signature covers (everything but the signature; the delta
+        fields when set, so a full offer signs the same bytes as before they existed)."""
+        body = self.model_dump(exclude={"signature", *self._unset_delta_fields()})
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
 class ChunkHeader(Message):
@@ -287,7 +324,11 @@ class ChunkHeader(Message):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-ModelState = Literal["receiving", "verified", "active", "rejected", "rolled_back", "failed"]
+#: ``need_full``: the robot cannot use a delta offer (it runs another parent, or the rebuilt
+#: weights miss the promised SHA-256); the server answers with the whole checkpoint.
+ModelState = Literal[
+    "receiving", "verified", "active", "rejected", "rolled_back", "failed", "need_full"
+]
 
 
 class ModelStatus(_IdChecks):

@@ -73,6 +73,18 @@ def _state_for(model: SegNet, dtype: str) -> dict[str, torch.Tensor]:
         k: v.detach().cpu().to(target) if v.is_floating_point() else v.detach().cpu()
         for k, v in model.state_dict().items()
     }
+    return _packed(state)
+
+
+def weights_of(model: SegNet, dtype: str) -> dict[str, torch.Tensor]:
+    """The model's weights as its checkpoint in `dtype` holds them (fp16 -> fp32 -> fp16 is
+    exact, so a model built from an fp16 checkpoint gives back its bits and its SHA-256)."""
+    return _state_for(model, dtype)
+
+
+def _packed(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights`` as views into one buffer per element type (see `_state_for`)."""
+    state = {k: v.detach().cpu() for k, v in weights.items()}
     flat = {
         t: torch.empty(sum(v.numel() for v in state.values() if v.dtype == t), dtype=t)
         for t in {v.dtype for v in state.values()}
@@ -86,6 +98,26 @@ def _state_for(model: SegNet, dtype: str) -> dict[str, torch.Tensor]:
         out[name] = view
         offsets[tensor.dtype] = start + n
     return out
+
+
+def weights_checkpoint_bytes(weights: Mapping[str, torch.Tensor], meta: CheckpointMeta) -> bytes:
+    """A checkpoint file's bytes from weights and their metadata (a model rebuilt from a
+    delta, ``models.delta``); its stored SHA-256 is recomputed, not taken from `meta`."""
+    state = _packed(weights)
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "weights": state,
+        "arch": meta.arch,
+        "classes": list(meta.classes),
+        "version": meta.version,
+        "metrics": dict(meta.metrics),
+        "dtype": meta.dtype,
+        "created": meta.created,
+        "weights_sha256": weights_sha256(state),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
 
 
 def _payload(

@@ -52,8 +52,14 @@ class ModelFiles:
         self.pointer = root / "pointer.json"
         try:
             root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".incoming-*.part"):  # a transfer cut short by a restart
+                stale.unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"model folder {root}: {exc}") from exc
+
+    def incoming(self, version: str, encoding: str) -> Path:
+        """Where a payload being received is written (beside current.pt: one rename away)."""
+        return self.root / f".incoming-{version}.{encoding}.part"
 
     def read_pointer(self) -> dict[str, Any]:
         try:
@@ -127,6 +133,17 @@ class ModelFiles:
                 os.replace(tmp, self.current)
             finally:
                 Path(tmp).unlink(missing_ok=True)
+            self._write_pointer(new, running.ref().model_dump(mode="json"))
+        except OSError as exc:
+            raise StorageError(f"cannot persist model {new.version}: {exc}") from exc
+        return LoadedModel(model=new.model, meta=new.meta, sha256=new.sha256, path=self.current)
+
+    def install_file(self, path: Path, new: LoadedModel, running: LoadedModel) -> LoadedModel:
+        """``path`` (a received checkpoint, already flushed) becomes current.pt by one rename,
+        the running model previous.pt; returns ``new`` there."""
+        try:
+            self._keep_as_previous(running)
+            os.replace(path, self.current)
             self._write_pointer(new, running.ref().model_dump(mode="json"))
         except OSError as exc:
             raise StorageError(f"cannot persist model {new.version}: {exc}") from exc

@@ -1,8 +1,12 @@
 """Receiving a model over MQTT, hot-swapping it, and rolling back.
 
-offer -> chunks (ChunkAssembler) -> size + SHA-256 (+ HMAC when ``model_key`` is set) ->
-``verified`` -> read (weights_only), build, dry inference (each in a thread, between two of
-the worker's frames) -> persist current/previous -> swap between two frames -> ``active``.
+offer (HMAC-checked when ``model_key`` is set) -> chunks, written to disk as they arrive with
+a running SHA-256 (``ChunkFile``) -> size + SHA-256 -> ``verified`` -> read (weights_only) or,
+for a delta offer, rebuild from the running model and check the rebuilt weights' SHA-256
+(``models.delta``) -> build, dry inference (each in a thread, between two of the worker's
+frames) -> persist current/previous -> swap between two frames -> ``active``. A delta whose
+parent is not the running model, or whose rebuild misses the promised SHA-256, is answered
+``need_full`` (the running model untouched) and the server sends the whole checkpoint.
 Chunks that stop for ``resend_timeout`` with some missing make a ``receiving`` status listing
 them, and the server resends those. Any failure answers ``rejected`` (the artifact is bad) or
 ``failed`` (the robot could not install it) with the reason; the running model is untouched
@@ -16,14 +20,24 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from common.chunking import ChunkAssembler
+import torch
+
 from common.envelope import decode
 from common.errors import ArsError, CommandRejected, ModelError, ProtocolError, TransferError
-from common.hashing import digests_equal, hmac_sha256
+from common.hashing import digests_equal, hmac_sha256, sha256_bytes
 from common.schemas import ChunkHeader, ModelOffer, ModelState, ModelStatus, parse_json, validate
-from models.checkpoint import build_from, read_checkpoint
+from models.checkpoint import (
+    CheckpointMeta,
+    build_from,
+    read_checkpoint,
+    weights_checkpoint_bytes,
+    weights_of,
+)
+from models.delta import DeltaError, apply_delta
 from models.network import SegNet
+from robot_agent.chunk_file import ChunkFile
 from robot_agent.inference import LoadedModel, ModelSlot, dry_run
 from robot_agent.model_store import ModelFiles
 
@@ -44,7 +58,7 @@ ChangeSink = Callable[[], Awaitable[None]]
 @dataclass
 class _Receive:
     offer: ModelOffer
-    assembler: ChunkAssembler
+    assembler: ChunkFile
     last_progress: float
     last_status: float = 0.0
     idle_rounds: int = 0
@@ -166,12 +180,25 @@ class ModelUpdater:
                 offer, "rejected", f"{offer.bytes} bytes exceeds the limit {self.max_model_bytes}"
             )
             return
-        if digests_equal(offer.sha256, self.slot.current.sha256):
+        current = self.slot.current
+        if digests_equal(offer.sha256, current.sha256) or (
+            offer.weights_sha256 is not None
+            and digests_equal(offer.weights_sha256, current.meta.weights_sha256)
+        ):
             await self._send(offer.version, "active")
             await self._event("info", f"model {offer.version} is already the running model")
             return
+        if offer.is_delta and (reason := self._lacks_parent(offer, current.meta)) is not None:
+            if rx is not None and not rx.finishing:
+                await self._abandon(rx, f"superseded by version {offer.version}")
+            await self._need_full(offer, reason, "warning")
+            return
+        if rx is not None and not rx.finishing:
+            await self._abandon(rx, f"superseded by version {offer.version}")
         try:
-            assembler = ChunkAssembler(
+            assembler = await asyncio.to_thread(
+                ChunkFile,
+                self.files.incoming(offer.version, offer.encoding or "full"),
                 total_bytes=offer.bytes,
                 chunk_size=offer.chunk_size,
                 chunks=offer.chunks,
@@ -180,8 +207,6 @@ class ModelUpdater:
         except TransferError as exc:
             await self._refuse(offer, "rejected", str(exc))
             return
-        if rx is not None and not rx.finishing:
-            await self._abandon(rx, f"superseded by version {offer.version}")
         loop = asyncio.get_running_loop()
         new = _Receive(offer=offer, assembler=assembler, last_progress=loop.time())
         self._rx = new
@@ -193,11 +218,35 @@ class ModelUpdater:
         await self._send(offer.version, "receiving", rx=new)
         await self._event("info", f"receiving model {offer.version} ({offer.bytes} bytes)")
 
+    @staticmethod
+    def _lacks_parent(offer: ModelOffer, running: CheckpointMeta) -> str | None:
+        """Why the running model cannot be this delta's parent, or None when it can."""
+        if offer.parent_version != running.version:
+            return f"the delta is from {offer.parent_version}, this robot runs {running.version}"
+        if not digests_equal(offer.parent_sha256 or "", running.weights_sha256):
+            return (
+                f"the delta's parent {offer.parent_version} has other weights than the running "
+                f"model ({(offer.parent_sha256 or '')[:12]}... vs {running.weights_sha256[:12]}...)"
+            )
+        return None
+
+    async def _need_full(self, offer: ModelOffer, reason: str, level: str) -> None:
+        logger.warning(
+            "robot %s: model %s delta refused (%s); asking for the whole checkpoint",
+            self.robot_id, offer.version, reason,
+        )  # fmt: skip
+        await self._send(offer.version, "need_full", error=reason)
+        await self._event(
+            level,
+            f"model {offer.version}: delta refused: {reason}; asking for the whole checkpoint",
+        )
+
     async def _abandon(self, rx: _Receive, reason: str) -> None:
         if rx.watchdog is not None and rx.watchdog is not asyncio.current_task():
             rx.watchdog.cancel()
         if self._rx is rx:
             self._rx = None
+        await asyncio.to_thread(rx.assembler.discard)
         await self._send(rx.offer.version, "failed", rx=rx, error=reason)
         await self._event("error", f"model {rx.offer.version} failed: {reason}")
 
@@ -260,46 +309,83 @@ class ModelUpdater:
             if self._rx is rx:
                 self._rx = None
             try:
-                data = rx.assembler.assemble()
-                if len(data) != offer.bytes:
-                    raise TransferError(f"assembled {len(data)} bytes, offer says {offer.bytes}")
+                path = await asyncio.to_thread(rx.assembler.finish)
             except TransferError as exc:
+                await asyncio.to_thread(rx.assembler.discard)
                 await self._refuse(offer, "rejected", str(exc))
                 return
-            await self._send(offer.version, "verified", rx=rx)
-            # each step that would stall a frame (GIL-bound reading and building, the dry
-            # run) runs between two of the worker's frames: see ModelSlot
-            between = self.slot.run_between_frames
             try:
+                await self._install(rx, path)
+            finally:
+                await asyncio.to_thread(rx.assembler.discard)  # moved into place, or refused
+
+    async def _install(self, rx: _Receive, path: Path) -> None:
+        offer = rx.offer
+        await self._send(offer.version, "verified", rx=rx)
+        # each step that would stall a frame (GIL-bound reading, rebuilding and building, the
+        # dry run) runs between two of the worker's frames: see ModelSlot
+        between = self.slot.run_between_frames
+        running = self.slot.current
+        data: bytes | None = None
+        try:
+            if offer.is_delta:
                 weights, meta = await asyncio.to_thread(
-                    between, read_checkpoint, data, device=self.device
+                    between, self._rebuild, offer, path, running
                 )
-                if meta.version != offer.version or meta.arch != offer.arch:
-                    raise ModelError(
-                        f"checkpoint is {meta.arch} version {meta.version}, "
-                        f"offer says {offer.arch} version {offer.version}"
-                    )
-                spare, self._spare = self._spare, None
-                model = await asyncio.to_thread(
-                    between, build_from, weights, meta, self.device, spare
+            else:
+                weights, meta = await asyncio.to_thread(
+                    between, read_checkpoint, path, device=self.device
                 )
-                del weights
-            except ModelError as exc:
-                await self._refuse(offer, "rejected", str(exc))
-                return
-            new = LoadedModel(model=model, meta=meta, sha256=offer.sha256)
-            try:
-                await asyncio.to_thread(between, dry_run, model, self.infer_hw, len(meta.classes))
-                running = self.slot.current
+            if meta.version != offer.version or meta.arch != offer.arch:
+                raise ModelError(
+                    f"checkpoint is {meta.arch} version {meta.version}, "
+                    f"offer says {offer.arch} version {offer.version}"
+                )
+            if offer.is_delta:  # the robot's own checkpoint file of the rebuilt weights
+                data = await asyncio.to_thread(between, weights_checkpoint_bytes, weights, meta)
+            spare, self._spare = self._spare, None
+            model = await asyncio.to_thread(between, build_from, weights, meta, self.device, spare)
+            del weights
+        except DeltaError as exc:
+            await self._need_full(offer, str(exc), "error")
+            return
+        except ModelError as exc:
+            await self._refuse(offer, "rejected", str(exc))
+            return
+        new = LoadedModel(
+            model=model, meta=meta, sha256=offer.sha256 if data is None else sha256_bytes(data)
+        )
+        try:
+            await asyncio.to_thread(between, dry_run, model, self.infer_hw, len(meta.classes))
+            if data is None:
+                new = await asyncio.to_thread(self.files.install_file, path, new, running)
+            else:
                 new = await asyncio.to_thread(self.files.install, data, new, running)
-            except (ArsError, RuntimeError, ValueError) as exc:
-                await self._refuse(offer, "failed", str(exc))
-                return
-            self._spare = self.slot.swap(new).model
-            logger.info("robot %s: model %s active", self.robot_id, offer.version)
-            await self._send(offer.version, "active", rx=rx)
-            await self._event("info", f"model {offer.version} active (was {running.version})")
-            await self._changed()
+        except (ArsError, RuntimeError, ValueError) as exc:
+            await self._refuse(offer, "failed", str(exc))
+            return
+        self._spare = self.slot.swap(new).model
+        logger.info("robot %s: model %s active", self.robot_id, offer.version)
+        await self._send(offer.version, "active", rx=rx)
+        how = f", rebuilt from a {offer.bytes}-byte delta" if offer.is_delta else ""
+        await self._event("info", f"model {offer.version} active (was {running.version}{how})")
+        await self._changed()
+
+    def _rebuild(
+        self, offer: ModelOffer, path: Path, running: LoadedModel
+    ) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+        """Sync (worker thread): the new weights from the running model and the delta."""
+        if (reason := self._lacks_parent(offer, running.meta)) is not None:
+            raise DeltaError(reason)  # a rollback since the offer
+        parent = weights_of(running.model, running.meta.dtype)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"cannot read the received delta: {exc}") from exc
+        weights, meta = apply_delta(parent, running.meta, data)
+        if not digests_equal(meta.weights_sha256, offer.weights_sha256 or ""):
+            raise DeltaError("the delta rebuilds other weights than the offer names")
+        return weights, meta
 
     # --- rollback ------------------------------------------------------------------------------
     def check_rollback(self) -> None:

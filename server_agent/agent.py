@@ -95,7 +95,13 @@ class ServerAgent:
             base_checkpoint=base_checkpoint or settings.server.base_model,
         )
         extra = {} if transfer_idle_timeout is None else {"idle_timeout": transfer_idle_timeout}
-        self.publisher = ModelPublisher(self.store, self.outbox, settings, **extra)
+        self.publisher = ModelPublisher(
+            self.store,
+            self.outbox,
+            settings,
+            base_checkpoint=self.finetune.base_checkpoint,
+            **extra,
+        )
         self._dirty = asyncio.Event()
         self._online = True
         self._seen: OrderedDict[str, None] = OrderedDict()

@@ -1,5 +1,9 @@
 """Transfer Model: offer the robot's newest version, send it in chunks, resend what is missing.
 
+What is sent is a delta from the model the robot runs when the server can make one
+(``server_agent.payloads``), else the whole checkpoint; a robot that cannot use the delta
+answers ``need_full`` and gets the checkpoint in the same transfer.
+
 The newest registered version of a robot that is not the one it runs is offered (HMAC-signed
 when ``model_key`` is set), gated first (``server_agent.gate``): a candidate worse than the
 robot's current model on held-out labeled regions, or on old-domain frames beyond a tolerance,
@@ -16,15 +20,16 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from common.chunking import split_chunks
 from common.config import Settings
 from common.envelope import encode
 from common.errors import CommandRejected, ProtocolError, StorageError
-from common.hashing import hmac_sha256, sha256_bytes
+from common.hashing import hmac_sha256
 from common.schemas import ChunkHeader, Command, ModelOffer, ModelStatus, RobotState, parse_json
 from server_agent.gate import judge
 from server_agent.outbox import Outbox
+from server_agent.payloads import Payload, PayloadMaker
 from server_agent.store import Store, VersionRow
 from simulator.palette import CLASS_NAMES
 
@@ -41,6 +46,7 @@ class _Transfer:
     robot_id: str
     command: Command
     row: VersionRow
+    parent: str | None  # the version the robot runs: a delta's parent
     statuses: asyncio.Queue[ModelStatus] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
 
@@ -55,8 +61,10 @@ class ModelPublisher:
         settings: Settings,
         *,
         idle_timeout: float = IDLE_TIMEOUT_S,
+        base_checkpoint: Path | None = None,
     ) -> None:
         self.store = store
+        self.payloads = PayloadMaker(store, base_checkpoint, deltas=settings.server.delta_updates)
         self.outbox = outbox
         self.settings = settings
         self.idle_timeout = idle_timeout
@@ -104,7 +112,7 @@ class ModelPublisher:
                 data={"version": row.version, **gate},
             )
             return
-        transfer = _Transfer(robot_id=rid, command=command, row=row)
+        transfer = _Transfer(robot_id=rid, command=command, row=row, parent=active_version)
         self._transfers[rid] = transfer
         await self.outbox.accepted(
             command,
@@ -125,25 +133,30 @@ class ModelPublisher:
                 await task
 
     # --- the transfer ----------------------------------------------------------------------
-    def _read(self, row: VersionRow, chunk_size: int) -> tuple[bytes, list[bytes]]:
-        """Sync (worker thread): the checkpoint, checked against its registered SHA-256, split."""
-        data = self.store.model_path(row.version).read_bytes()
-        if sha256_bytes(data) != row.sha256:
-            raise StorageError(f"checkpoint of {row.version} does not match its SHA-256")
-        return data, split_chunks(data, chunk_size)
-
-    def _offer(self, row: VersionRow, data: bytes, chunk_size: int, chunks: int) -> ModelOffer:
+    def _offer(self, row: VersionRow, payload: Payload, chunk_size: int) -> ModelOffer:
+        delta = (
+            {
+                "encoding": "delta",
+                "parent_version": payload.parent_version,
+                "parent_sha256": payload.parent_sha256,
+                "weights_sha256": payload.weights_sha256,
+                "full_bytes": payload.full_bytes,
+            }
+            if payload.is_delta
+            else {}
+        )
         offer = ModelOffer(
             robot_id=row.robot_id,
             version=row.version,
-            sha256=row.sha256,
-            bytes=len(data),
+            sha256=payload.sha256,
+            bytes=len(payload.data),
             chunk_size=chunk_size,
-            chunks=chunks,
+            chunks=len(payload.chunks),
             arch=row.arch,
             dtype="fp16" if row.dtype == "fp16" else "fp32",
             classes=list(CLASS_NAMES),
             metrics=row.metrics,
+            **delta,
         )
         if self.settings.model_key:
             signature = hmac_sha256(self.settings.model_key.encode(), offer.signed_fields())
@@ -151,17 +164,17 @@ class ModelPublisher:
         return offer
 
     async def _send_chunks(
-        self, rid: str, version: str, chunks: list[bytes], indices: list[int]
+        self, rid: str, version: str, payload: Payload, indices: list[int]
     ) -> None:
         topic = self.outbox.topics.model_chunk(rid)
         gate = asyncio.Semaphore(IN_FLIGHT)
 
         async def one(index: int) -> None:
             async with gate:
-                chunk = chunks[index]
-                header = ChunkHeader(version=version, index=index, sha256=sha256_bytes(chunk))
+                sha = payload.chunk_sha256[index]
+                header = ChunkHeader(version=version, index=index, sha256=sha)
                 await self.outbox.link.publish(
-                    topic, encode(header.model_dump(mode="json"), [chunk]), qos=1
+                    topic, encode(header.model_dump(mode="json"), [payload.chunks[index]]), qos=1
                 )
 
         async with asyncio.TaskGroup() as group:
@@ -173,12 +186,9 @@ class ModelPublisher:
         start = time.monotonic()
         try:
             chunk_size = self.settings.server.chunk_size
-            data, chunks = await asyncio.to_thread(self._read, row, chunk_size)
-            offer = self._offer(row, data, chunk_size, len(chunks))
-            await self.outbox.link.publish(
-                self.outbox.topics.model_offer(rid), offer.to_json(), qos=1
-            )
-            await self._send_chunks(rid, row.version, chunks, list(range(len(chunks))))
+            payload = await asyncio.to_thread(self.payloads.best, row, t.parent, chunk_size)
+            await self._publish(rid, row, payload, chunk_size)
+            delta_bytes = len(payload.data) if payload.is_delta else None
             resent = 0
             while True:
                 try:
@@ -192,25 +202,36 @@ class ModelPublisher:
                     )
                     return
                 if status.state == "receiving" and status.missing:
-                    wanted = sorted({i for i in status.missing if 0 <= i < len(chunks)})
+                    wanted = sorted({i for i in status.missing if 0 <= i < len(payload.chunks)})
                     logger.info(
                         "robot %s: resending %d chunks of %s", rid, len(wanted), row.version
                     )
-                    await self._send_chunks(rid, row.version, chunks, wanted)
+                    await self._send_chunks(rid, row.version, payload, wanted)
                     resent += len(wanted)
+                elif status.state == "need_full" and payload.is_delta:
+                    logger.info(
+                        "robot %s: cannot use the delta of %s (%s); sending the checkpoint",
+                        rid, row.version, status.error,
+                    )  # fmt: skip
+                    payload = await asyncio.to_thread(self.payloads.full, row, chunk_size)
+                    await self._publish(rid, row, payload, chunk_size)
                 elif status.state == "active":
                     await self.outbox.done(
                         command,
                         rid,
-                        f"{rid} runs {row.version}",
+                        f"{rid} runs {row.version}"
+                        + (f" (a {delta_bytes}-byte delta)" if payload.is_delta else ""),
                         version=row.version,
-                        bytes=len(data),
-                        chunks=len(chunks),
+                        bytes=len(payload.data),
+                        full_bytes=payload.full_bytes,
+                        encoding="delta" if payload.is_delta else "full",
+                        delta_bytes=delta_bytes,
+                        chunks=len(payload.chunks),
                         resent=resent,
                         seconds=round(time.monotonic() - start, 3),
                     )
                     return
-                elif status.state in ("rejected", "failed"):
+                elif status.state in ("rejected", "failed", "need_full"):
                     await self.outbox.failed(
                         command,
                         rid,
@@ -230,6 +251,11 @@ class ModelPublisher:
             logger.exception("robot %s: transfer of %s failed", rid, row.version)
         finally:
             self._transfers.pop(rid, None)
+
+    async def _publish(self, rid: str, row: VersionRow, payload: Payload, chunk_size: int) -> None:
+        offer = self._offer(row, payload, chunk_size)
+        await self.outbox.link.publish(self.outbox.topics.model_offer(rid), offer.to_json(), qos=1)
+        await self._send_chunks(rid, row.version, payload, list(range(len(payload.chunks))))
 
     # --- what robots report ----------------------------------------------------------------
     async def on_status(self, rid: str, topic: str, payload: bytes) -> None:

@@ -70,10 +70,11 @@ def test_robot_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
 def test_transfer_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
     out = bench(started, "transfer")
     for key in ("bytes", "seconds_to_active", "raw_seconds_same_broker", "over_raw",
-                "wire_bytes_over_payload", "swap_pause_ms"):  # fmt: skip
+                "wire_bytes_over_payload", "swap_pause_ms", "bytes_over_full_fp32"):  # fmt: skip
         assert key in out, key
     assert out["wire_bytes_over_payload"] >= 1.0
-    assert out["amqtt"]["fp16"]["segmenting"]["frames_during_transfer"] > 0
+    assert out["amqtt"]["fp16_delta"]["segmenting"]["frames_during_transfer"] > 0
+    assert out["delta_encoding"] == "delta" and 0 < out["bytes_over_full_fp32"] < 1
 
 
 def test_preview_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
