@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
+from common.clientid import owned_client_id
 from common.config import MqttSettings
 from common.errors import ConfigError
 
@@ -79,7 +80,11 @@ def make_client(
     will: aiomqtt.Will | None = None,
     max_inflight: int = 32,
 ) -> aiomqtt.Client:
-    """An aiomqtt client for the configured broker (MQTT 3.1.1, TLS for mqtts://)."""
+    """An aiomqtt client for the configured broker (MQTT 3.1.1, TLS for mqtts://).
+
+    The wire client id is ``<user>:<client_id>`` (``common.clientid``): brokers refuse an id
+    that belongs to another user, so no client can push ours off.
+    """
     addr = parse_broker_url(settings.url, settings.username, settings.password)
     tls_context: ssl.SSLContext | None = None
     if addr.tls:
@@ -98,7 +103,7 @@ def make_client(
         addr.port,
         username=addr.username,
         password=addr.password,
-        identifier=client_id or f"ars-{uuid.uuid4().hex[:10]}",
+        identifier=owned_client_id(addr.username, client_id or f"ars-{uuid.uuid4().hex[:10]}"),
         protocol=aiomqtt.ProtocolVersion.V311,
         will=will,
         clean_session=True,
