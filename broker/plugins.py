@@ -22,7 +22,7 @@ from broker.credentials import ADMIN_USERS, read_password_file, verify_password
 logger = logging.getLogger(__name__)
 
 #: What a robot may publish under its own ``<prefix>/robots/<rid>/``.
-ROBOT_PUBLISH_LEAVES = ("state", "events", "preview", "regions", "model/status")
+ROBOT_PUBLISH_LEAVES = ("state", "events", "preview", "regions", "model/status", "heartbeat")
 
 
 class ArsAuthPlugin(BaseAuthPlugin):

@@ -31,7 +31,7 @@ class MqttSettings(_Section):
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://user:pass@host:port or mqtts://")
     username: str | None = Field(None, description="overrides the user in the URL")
     password: str | None = Field(None, description="overrides the password in the URL")
-    keepalive: int = Field(30, ge=5, le=3600)
+    keepalive: int = Field(30, ge=1, le=3600)
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None

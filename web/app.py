@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import WSCloseCode, web
 
 from common.config import Settings
-from common.mqtt import MqttLink
+from common.mqtt import MqttLink, deaf_message
 from common.topics import Topics
 from web.api import post_annotation, post_skip, region_image
 from web.regions import RegionCache
@@ -64,11 +64,18 @@ async def health(request: web.Request) -> web.Response:
 async def _mqtt_context(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     client_id = web_client_id()
+
+    async def on_deaf(link: MqttLink, silent_s: float) -> None:
+        if state.relay is not None:
+            state.relay.local_event(deaf_message(silent_s), level="warning")
+
     link = MqttLink(
         state.settings.mqtt,
         client_id=client_id,
         subscriptions=subscriptions(Topics(state.settings.prefix), client_id),
         queue_size=512,
+        heartbeat_topic=Topics(state.settings.prefix).heartbeat(client_id),
+        on_deaf=on_deaf,
     )
     async with link:
         relay = Relay(state.settings, link, client_id)
