@@ -143,6 +143,10 @@ class WebSettings(_Section):
     token: str | None = Field(None, description="required when host is not loopback")
     max_upload_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     allowed_origins: list[str] = Field(default_factory=list)
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names the UI answers besides loopback ones and web.host (DNS rebinding)",
+    )
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> WebSettings:

@@ -24,6 +24,7 @@ from web.relay import Relay, subscriptions, web_client_id
 from web.security import (
     add_security_headers,
     auth_middleware,
+    host_middleware,
     make_login_handlers,
     origin_allowed,
 )
@@ -102,7 +103,10 @@ def create_app(settings: Settings) -> web.Application:
     """The web UI for ``settings`` (MQTT user from ``settings.mqtt.url``)."""
     web_cfg = settings.web
     app = web.Application(
-        middlewares=[auth_middleware(web_cfg.token)],
+        middlewares=[
+            host_middleware(web_cfg.host, web_cfg.allowed_hosts),
+            auth_middleware(web_cfg.token),
+        ],
         client_max_size=web_cfg.max_upload_bytes + 64 * 1024,
     )
     app[STATE] = WebState(settings)
