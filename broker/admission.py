@@ -5,7 +5,8 @@ subscriptions included) and only then checks the password, and it lets any authe
 take over any client id. One CONNECT with a wrong password and the client id of the server left
 the server connected but deaf. ``GuardedReader`` therefore asks ``Admission`` about the first
 packet and answers a refusal with its CONNACK itself: amqtt never sees that CONNECT, so no
-session is touched. ``ArsAuthPlugin`` still checks again inside amqtt (defence in depth).
+session is touched. Inside amqtt, ``ArsAuthPlugin`` still refuses unknown users and anonymous
+clients but does not hash the password a second time (``checked_on_connect``).
 """
 
 from __future__ import annotations

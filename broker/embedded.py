@@ -50,6 +50,8 @@ def broker_config(
             "broker.plugins.ArsAuthPlugin": {
                 "password_file": str(password_file) if password_file else None,
                 "allow_anonymous": settings.allow_anonymous,
+                # HardenedBroker's Admission verifies every CONNECT first: hash once, not twice
+                "checked_on_connect": True,
             },
             "broker.plugins.ArsTopicPlugin": {
                 "prefix": prefix,
