@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := mosquitto mosquitto-clients chromium nodejs
+APT_PACKAGES := mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev gcc chromium nodejs
 
 .PHONY: run test venv system-deps lint typecheck bench clean gpu-check
 
@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages: a real Mosquitto for interop tests, chromium for the Playwright UI tests,
+# Debian packages: a real Mosquitto for interop tests (its headers and gcc build our client-id
+# plugin), chromium for the Playwright UI tests,
 # node for the unit tests of the page's JS modules.
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -1,7 +1,8 @@
 """The embedded amqtt broker as an async context manager (``ars broker``, ``ars up``, tests).
 
 It runs ``HardenedBroker``: amqtt 0.12.1 plus per-connection guards (packet size before reading,
-prompt refusal of MQTT 5, CONNECT and keepalive timeouts, bounded subscriber backlogs, QoS
+prompt refusal of MQTT 5, credentials and client id owner checked before amqtt touches a
+session, CONNECT and keepalive timeouts, bounded subscriber backlogs, QoS
 never upgraded, connection limit that refuses instead of parking). See docs/security.md.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from broker.admission import Admission
 from broker.framing import packet_limit
 from broker.guards import GuardLimits, GuardStats
 from broker.hardened import HardenedBroker
@@ -48,6 +50,8 @@ def broker_config(
             "broker.plugins.ArsAuthPlugin": {
                 "password_file": str(password_file) if password_file else None,
                 "allow_anonymous": settings.allow_anonymous,
+                # HardenedBroker's Admission verifies every CONNECT first: hash once, not twice
+                "checked_on_connect": True,
             },
             "broker.plugins.ArsTopicPlugin": {
                 "prefix": prefix,
@@ -94,7 +98,10 @@ class EmbeddedBroker:
         return f"mqtt://{self.settings.host}:{self.port}"
 
     async def __aenter__(self) -> Self:
-        self._broker = HardenedBroker(self._config, self.limits)
+        admission = Admission.from_file(
+            self.password_file, allow_anonymous=self.settings.allow_anonymous
+        )
+        self._broker = HardenedBroker(self._config, self.limits, admission)
         self.stats = self._broker.stats
         await self._broker.start()
         logger.info("embedded broker listening on %s:%d", self.settings.host, self.port)

@@ -8,7 +8,7 @@ bytes that are not coming (MQTT 5 properties make it do just that).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from common.errors import ProtocolError
 
@@ -19,8 +19,14 @@ PACKET_OVERHEAD = 64 * 1024 + 8
 CONNECT_LIMIT = 64 * 1024
 #: CONNACK, return code 0x01: unacceptable protocol version (3.1.1 framing, understood by all).
 CONNACK_BAD_PROTOCOL = b"\x20\x02\x00\x01"
+#: CONNACK, return code 0x02: identifier rejected (the client id belongs to another user).
+CONNACK_ID_REJECTED = b"\x20\x02\x00\x02"
 #: CONNACK, return code 0x03: server unavailable (the listener is full).
 CONNACK_SERVER_UNAVAILABLE = b"\x20\x02\x00\x03"
+#: CONNACK, return code 0x04: bad user name or password.
+CONNACK_BAD_CREDENTIALS = b"\x20\x02\x00\x04"
+#: CONNACK, return code 0x05: not authorised (no user name while anonymous access is off).
+CONNACK_NOT_AUTHORISED = b"\x20\x02\x00\x05"
 PROTOCOL_LEVEL_311 = 4
 
 
@@ -55,6 +61,9 @@ class ConnectInfo:
     protocol_name: str
     level: int
     keepalive: int
+    client_id: str = ""
+    username: str | None = None
+    password: bytes | None = field(default=None, repr=False)
 
 
 def _string(body: bytes, pos: int, what: str) -> int:
@@ -66,8 +75,16 @@ def _string(body: bytes, pos: int, what: str) -> int:
     return end
 
 
+def _text(body: bytes, pos: int, end: int, what: str) -> str:
+    try:
+        return body[pos + 2 : end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"CONNECT {what} is not UTF-8") from exc
+
+
 def parse_connect(body: bytes) -> ConnectInfo:
-    """Protocol name, level and keepalive of a CONNECT body; ProtocolError when malformed.
+    """Protocol name, level, keepalive, client id and credentials of a CONNECT body;
+    ProtocolError when malformed.
 
     For 3.1.1 (level 4) the whole payload is walked, so a body whose flags announce fields it
     does not hold (or holds extra bytes) is refused here instead of hanging amqtt's parser.
@@ -84,14 +101,20 @@ def parse_connect(body: bytes) -> ConnectInfo:
         return info
     if flags & 0x01:
         raise ProtocolError("CONNECT reserved flag set")
-    pos = _string(body, end + 4, "client id")
+    start = end + 4
+    pos = _string(body, start, "client id")
+    client_id = _text(body, start, pos, "client id")
+    username: str | None = None
+    password: bytes | None = None
     if flags & 0x04:
         pos = _string(body, pos, "will topic")
         pos = _string(body, pos, "will message")
     if flags & 0x80:
-        pos = _string(body, pos, "user name")
+        start, pos = pos, _string(body, pos, "user name")
+        username = _text(body, start, pos, "user name")
     if flags & 0x40:
-        pos = _string(body, pos, "password")
+        start, pos = pos, _string(body, pos, "password")
+        password = body[start + 2 : pos]
     if pos != len(body):
         raise ProtocolError(f"CONNECT has {len(body) - pos} unexpected trailing bytes")
-    return info
+    return replace(info, client_id=client_id, username=username, password=password)

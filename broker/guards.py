@@ -5,6 +5,8 @@
   well-formed CONNECT within ``connect_timeout_s``, answers non-3.1.1 clients (MQTT 5) with
   CONNACK 0x01 at once, and drops clients silent for 1.5x their keepalive (amqtt never does).
   It hands amqtt exactly one packet's bytes at a time, so amqtt's parser cannot run past a packet.
+  With an ``Admission`` it also checks the CONNECT's credentials and client id owner and answers
+  a refusal itself, so a refused CONNECT never reaches amqtt's session table.
 - ``GuardedWriter`` can abort a connection, and gives up on a peer that accepts no bytes for
   ``stall_timeout_s`` (amqtt would wait forever in ``drain``).
 - ``BoundedPublish`` wraps one subscriber's ``mqtt_publish``: delivers at min(publish QoS,
@@ -26,6 +28,7 @@ from amqtt.session import OutgoingApplicationMessage
 
 from broker.framing import (
     CONNACK_BAD_PROTOCOL,
+    CONNACK_ID_REJECTED,
     CONNECT,
     CONNECT_LIMIT,
     PROTOCOL_LEVEL_311,
@@ -36,6 +39,8 @@ from common.errors import ProtocolError
 
 if TYPE_CHECKING:
     from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+
+    from broker.admission import Admission
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +69,8 @@ class GuardStats:
     stalled_writers: int = 0
     backlog_drops: int = 0
     slow_disconnects: int = 0
+    refused_credentials: int = 0
+    refused_client_ids: int = 0
 
 
 class GuardedWriter(StreamWriterAdapter):  # type: ignore[misc]  # amqtt is untyped
@@ -125,8 +132,10 @@ class GuardedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
         writer: GuardedWriter,
         limits: GuardLimits,
         stats: GuardStats,
+        admission: Admission | None = None,
     ) -> None:
         self._reader = reader
+        self._admission = admission
         self._writer = writer
         self._limits = limits
         self._stats = stats
@@ -237,6 +246,17 @@ class GuardedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
             self._closed = True
             await self._writer.refuse(CONNACK_BAD_PROTOCOL)
             return False
+        if self._admission is not None:
+            refusal = await self._admission.refusal(info)
+            if refusal is not None:
+                if refusal.connack == CONNACK_ID_REJECTED:
+                    self._stats.refused_client_ids += 1
+                else:
+                    self._stats.refused_credentials += 1
+                logger.warning("broker: refusing %s: %s", self._writer.peer, refusal.reason)
+                self._closed = True
+                await self._writer.refuse(refusal.connack)
+                return False
         self._connected = True
         self._idle_limit = 1.5 * info.keepalive if info.keepalive > 0 else None
         self._last_packet = asyncio.get_running_loop().time()

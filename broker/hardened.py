@@ -5,6 +5,8 @@ tests/test_broker_security.py on every run):
 
 - ``stream_connected``: wraps the TCP streams in ``GuardedReader``/``GuardedWriter`` and closes
   a connection at once when the listener is full (amqtt would park it on a semaphore forever).
+  The reader checks each CONNECT with ``broker.admission`` (credentials, then the client id's
+  owner) before amqtt's ``_initialize_client_session`` can delete or take over a session.
 - ``_handle_message_delivery``: tags each published payload with its publish QoS.
 - ``_get_handler``: installs ``BoundedPublish`` on a subscriber's handler the first time the
   broker delivers to it (amqtt 0.12 delivers at the subscription QoS, even above the publish QoS).
@@ -21,6 +23,7 @@ from amqtt.broker import Broker
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
+from broker.admission import Admission
 from broker.framing import CONNACK_SERVER_UNAVAILABLE, CONNECT_LIMIT
 from broker.guards import (
     BoundedPublish,
@@ -49,10 +52,13 @@ class _SnapshotDict(dict[str, list[tuple[Any, int]]]):
 class HardenedBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """An amqtt broker whose connections pass through the guards in ``broker.guards``."""
 
-    def __init__(self, config: dict[str, Any], limits: GuardLimits) -> None:
+    def __init__(
+        self, config: dict[str, Any], limits: GuardLimits, admission: Admission | None = None
+    ) -> None:
         super().__init__(config)
         self._subscriptions = _SnapshotDict()
         self.limits = limits
+        self.admission = admission
         self.stats = GuardStats()
 
     async def stream_connected(
@@ -70,7 +76,9 @@ class HardenedBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             await self._refuse_busy(reader, writer)
             return
         guarded_writer = GuardedWriter(writer, self.limits, self.stats)
-        guarded_reader = GuardedReader(reader, guarded_writer, self.limits, self.stats)
+        guarded_reader = GuardedReader(
+            reader, guarded_writer, self.limits, self.stats, self.admission
+        )
         await self._client_connected(listener_name, guarded_reader, guarded_writer)
 
     async def _refuse_busy(

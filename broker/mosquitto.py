@@ -1,7 +1,11 @@
 """Configuration for a real Mosquitto with the same users and ACL as the embedded broker.
 
 For fleets that outgrow one machine (and for the interop tests): ``mosquitto_passwd`` hashes the
-generated passwords, and the ACL file gives each robot user write access only to its own topics.
+generated passwords, the ACL file gives each robot user write access only to its own topics, and
+a small plugin (``mosquitto_clientid.c``, compiled here with the Mosquitto headers) refuses a
+client id that belongs to another user. Mosquitto has no option for that: ``clientid_prefixes``
+is one prefix for all users and ``use_username_as_clientid`` would let two clients of one user
+(the web UI and ``ars send``) push each other off.
 """
 
 from __future__ import annotations
@@ -27,6 +31,31 @@ def acl_text(robot_ids: list[str], prefix: str = "ars") -> str:
     return "\n".join(lines) + "\n"
 
 
+PLUGIN_SOURCE = Path(__file__).with_name("mosquitto_clientid.c")
+PLUGIN_HEADERS = ("mosquitto.h", "mosquitto_broker.h", "mosquitto_plugin.h")
+
+
+def build_clientid_plugin(directory: Path) -> Path:
+    """Compile the client-id plugin into ``directory``; ConfigError when tools are missing."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    include = Path("/usr/include")
+    if compiler is None or not all((include / h).exists() for h in PLUGIN_HEADERS):
+        raise ConfigError(
+            "building the Mosquitto client-id plugin needs a C compiler and the Mosquitto "
+            "headers: apt-get install -y gcc mosquitto-dev libmosquitto-dev"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / "ars_clientid.so"
+    result = subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-Wall", "-o", str(out), str(PLUGIN_SOURCE)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise ConfigError(f"building {PLUGIN_SOURCE.name} failed: {result.stderr.strip()[:500]}")
+    return out
+
+
 def write_mosquitto_config(
     directory: Path,
     creds: Credentials,
@@ -41,7 +70,8 @@ def write_mosquitto_config(
     tls_key: Path | None = None,
     tls_ca: Path | None = None,
 ) -> Path:
-    """Write mosquitto.conf, passwd (hashed by mosquitto_passwd) and acl; return the conf path.
+    """Write mosquitto.conf, passwd (hashed by mosquitto_passwd), acl and the client-id
+    plugin; return the conf path.
 
     ``max_packet_bytes`` is a whole packet: the embedded broker's payload limit plus topic and
     header room. With ``tls_cert`` and ``tls_key`` the listener speaks TLS 1.2+ only (clients
@@ -63,6 +93,7 @@ def write_mosquitto_config(
     passwd.chmod(0o600)
     for user, password in creds.passwords.items():
         subprocess.run([tool, "-b", str(passwd), user, password], check=True, capture_output=True)
+    plugin = build_clientid_plugin(directory)
     acl = directory / "acl"
     acl.write_text(acl_text(robot_ids, prefix))
     conf = directory / "mosquitto.conf"
@@ -73,6 +104,7 @@ def write_mosquitto_config(
                 f"listener {port} {host}",
                 *tls_lines,
                 "allow_anonymous false",
+                f"plugin {plugin}",  # client id must be <user>:<name>; before password_file
                 f"password_file {passwd}",
                 f"acl_file {acl}",
                 f"max_packet_size {max_packet_bytes}",

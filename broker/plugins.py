@@ -22,21 +22,28 @@ from broker.credentials import ADMIN_USERS, read_password_file, verify_password
 logger = logging.getLogger(__name__)
 
 #: What a robot may publish under its own ``<prefix>/robots/<rid>/``.
-ROBOT_PUBLISH_LEAVES = ("state", "events", "preview", "regions", "model/status")
+ROBOT_PUBLISH_LEAVES = ("state", "events", "preview", "regions", "model/status", "heartbeat")
 
 
 class ArsAuthPlugin(BaseAuthPlugin):
-    """Password check against a file of scrypt hashes; anonymous only when configured on."""
+    """Password check against a file of scrypt hashes; anonymous only when configured on.
+
+    With ``checked_on_connect`` (the embedded broker: ``broker.admission`` has verified this
+    CONNECT's password before amqtt read it) the scrypt hash is not computed a second time;
+    unknown users and anonymous clients are still refused here.
+    """
 
     @dataclass
     class Config:
         password_file: str | None = None
         allow_anonymous: bool = False
+        checked_on_connect: bool = False
 
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
         cfg: ArsAuthPlugin.Config = self.context.config  # type: ignore[assignment]
         self._allow_anonymous = bool(cfg.allow_anonymous)
+        self._checked_on_connect = bool(cfg.checked_on_connect)
         self._users: dict[str, str] = (
             read_password_file(Path(cfg.password_file)) if cfg.password_file else {}
         )
@@ -49,6 +56,8 @@ class ArsAuthPlugin(BaseAuthPlugin):
         if encoded is None:
             logger.warning("mqtt auth refused: unknown user %r", username)
             return False
+        if self._checked_on_connect:
+            return True
         ok = await asyncio.to_thread(verify_password, session.password or "", encoded)
         if not ok:
             logger.warning("mqtt auth refused: bad password for %r", username)

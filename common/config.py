@@ -31,7 +31,7 @@ class MqttSettings(_Section):
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://user:pass@host:port or mqtts://")
     username: str | None = Field(None, description="overrides the user in the URL")
     password: str | None = Field(None, description="overrides the password in the URL")
-    keepalive: int = Field(30, ge=5, le=3600)
+    keepalive: int = Field(30, ge=1, le=3600)
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -188,6 +188,10 @@ class WebSettings(_Section):
     token: str | None = Field(None, description="required when host is not loopback")
     max_upload_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     allowed_origins: list[str] = Field(default_factory=list)
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names the UI answers besides loopback ones and web.host (DNS rebinding)",
+    )
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> WebSettings:

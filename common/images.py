@@ -11,6 +11,8 @@ from PIL import Image
 from common.errors import ProtocolError
 
 MAX_PIXELS = 4096 * 4096
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_PALETTE = 3
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
@@ -48,8 +50,25 @@ def decode_rgb(data: bytes, *, what: str = "image", max_pixels: int = MAX_PIXELS
     return np.asarray(_open(data, what, max_pixels).convert("RGB"))
 
 
+def check_mask_png(data: bytes, *, what: str = "mask") -> None:
+    """Refuse a mask that is not a PNG of 8-bit samples (palette: up to 8-bit indices).
+
+    Checked on the PNG header itself, before Pillow decodes: Pillow reads a 16-bit RGB PNG as
+    8-bit RGB, and ``convert`` clips 16-bit grey, so class 258 would silently become another
+    class or ignore. Lossy formats (JPEG) would shift labels at every edge.
+    """
+    if len(data) < 26 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        raise ProtocolError(f"{what}: not a PNG (a mask is a lossless PNG of 8-bit trainIds)")
+    depth, colour = data[24], data[25]
+    if depth != 8 and not (colour == PNG_PALETTE and depth < 8):
+        raise ProtocolError(
+            f"{what}: {depth}-bit PNG refused: class ids are 8-bit trainIds (255 = ignore)"
+        )
+
+
 def decode_mask(data: bytes, *, what: str = "mask", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode a single-channel PNG mask into HxW uint8 (values are trainIds or 255)."""
+    """Decode a single-channel 8-bit PNG mask into HxW uint8 (values are trainIds or 255)."""
+    check_mask_png(data, what=what)
     img = _open(data, what, max_pixels)
     if img.mode not in {"L", "P"}:
         raise ProtocolError(f"{what}: expected an 8-bit single-channel PNG, got mode {img.mode}")

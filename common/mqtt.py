@@ -4,6 +4,12 @@
 announces (retained state, the caller's ``on_connect``), and pumps messages into a bounded queue
 until the connection breaks, then reconnects with exponential backoff. Agents keep working while
 the broker is away: ``publish`` waits for the link (QoS1) or drops (QoS0, latest-wins data).
+
+A connection can also stay up while the broker no longer delivers to it (a broker that dropped
+its session, as amqtt 0.12.1 did when another client claimed the same id). With a
+``heartbeat_topic`` the link publishes a token there every quarter keepalive and expects it
+back; silent for 1.5 keepalives (so noticed within two), it reconnects, resubscribes and calls
+``on_deaf`` once connected again, so the agent can say so in its event log.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
+from common.clientid import owned_client_id
 from common.config import MqttSettings
 from common.errors import ConfigError
 
@@ -79,7 +86,11 @@ def make_client(
     will: aiomqtt.Will | None = None,
     max_inflight: int = 32,
 ) -> aiomqtt.Client:
-    """An aiomqtt client for the configured broker (MQTT 3.1.1, TLS for mqtts://)."""
+    """An aiomqtt client for the configured broker (MQTT 3.1.1, TLS for mqtts://).
+
+    The wire client id is ``<user>:<client_id>`` (``common.clientid``): brokers refuse an id
+    that belongs to another user, so no client can push ours off.
+    """
     addr = parse_broker_url(settings.url, settings.username, settings.password)
     tls_context: ssl.SSLContext | None = None
     if addr.tls:
@@ -98,7 +109,7 @@ def make_client(
         addr.port,
         username=addr.username,
         password=addr.password,
-        identifier=client_id or f"ars-{uuid.uuid4().hex[:10]}",
+        identifier=owned_client_id(addr.username, client_id or f"ars-{uuid.uuid4().hex[:10]}"),
         protocol=aiomqtt.ProtocolVersion.V311,
         will=will,
         clean_session=True,
@@ -111,10 +122,27 @@ def make_client(
 
 
 OnConnect = Callable[["MqttLink"], Awaitable[None]]
+#: Called after a reconnect that a deaf link forced, with how long it had been deaf (s).
+OnDeaf = Callable[["MqttLink", float], Awaitable[None]]
+
+#: A link whose own heartbeat has not come back for this many keepalive periods is deaf.
+DEAF_AFTER_KEEPALIVES = 1.5
 
 #: Longest wait for one PUBACK before the publish is retried (a retry may duplicate: handlers
 #: are idempotent by id).
 PUBLISH_ATTEMPT_S = 5.0
+
+
+def deaf_message(silent_s: float) -> str:
+    """The agents' warning event after a deaf link was reconnected."""
+    return (
+        f"MQTT link was connected but received nothing for {silent_s:.1f} s "
+        "(own heartbeat lost): reconnected and resubscribed"
+    )
+
+
+class LinkDeaf(Exception):
+    """Connected, but the broker no longer delivers to us (our heartbeat did not come back)."""
 
 
 class MqttLink:
@@ -130,6 +158,8 @@ class MqttLink:
         on_connect: OnConnect | None = None,
         queue_size: int = 256,
         max_inflight: int = 32,
+        heartbeat_topic: str | None = None,
+        on_deaf: OnDeaf | None = None,
     ) -> None:
         self.settings = settings
         self.client_id = client_id
@@ -145,6 +175,13 @@ class MqttLink:
         self._task: asyncio.Task[None] | None = None
         self._first_attempt = asyncio.Event()
         self._last_error: Exception | None = None
+        self.heartbeat_topic = heartbeat_topic
+        self.on_deaf = on_deaf
+        self.deaf_reconnects = 0
+        self._token = uuid.uuid4().hex.encode()
+        self._heard_at = 0.0
+        self._queueing = False
+        self._deaf_for: float | None = None
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run(), name=f"mqtt-link-{self.client_id}")
@@ -182,6 +219,8 @@ class MqttLink:
                     self._client = client
                     for topic, qos in self.subscriptions:
                         await client.subscribe(topic, qos)
+                    if self.heartbeat_topic is not None:
+                        await client.subscribe(self.heartbeat_topic, 0)
                     self.connections += 1
                     self.connected.set()
                     delay = self.settings.reconnect_min_s
@@ -190,11 +229,14 @@ class MqttLink:
                     )
                     if self.on_connect is not None:
                         await self.on_connect(self)
-                    async for message in client.messages:
-                        await self._queue.put(message)
+                    await self._report_deaf()
+                    await self._receive(client)
             except aiomqtt.MqttError as exc:
                 self._last_error = exc
                 logger.warning("mqtt link %s down: %s; retry in %.1fs", self.client_id, exc, delay)
+            except LinkDeaf as exc:
+                self._last_error = exc
+                logger.warning("mqtt link %s deaf: %s; reconnecting", self.client_id, exc)
             finally:
                 self.connected.clear()
                 self._client = None
@@ -202,6 +244,69 @@ class MqttLink:
                     self._down.set()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max_s)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        """Pump messages until the connection breaks (MqttError) or turns deaf (LinkDeaf)."""
+        if self.heartbeat_topic is None:
+            await self._pump(client)
+            return
+        pump = asyncio.create_task(self._pump(client), name=f"mqtt-pump-{self.client_id}")
+        watch = asyncio.create_task(
+            self._watch(client, self.heartbeat_topic), name=f"mqtt-heartbeat-{self.client_id}"
+        )
+        try:
+            done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, watch):
+                task.cancel()
+            await asyncio.gather(pump, watch, return_exceptions=True)
+        for task in done:
+            task.result()  # re-raises MqttError or LinkDeaf
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if self.heartbeat_topic is not None and message.topic.value == self.heartbeat_topic:
+                if message.payload == self._token:
+                    self._heard_at = asyncio.get_running_loop().time()
+                continue
+            self._queueing = True
+            try:
+                await self._queue.put(message)
+            finally:
+                self._queueing = False
+
+    async def _watch(self, client: aiomqtt.Client, topic: str) -> None:
+        """Publish our token every quarter keepalive; raise LinkDeaf when it stops coming back."""
+        loop = asyncio.get_running_loop()
+        keepalive = float(self.settings.keepalive)
+        limit = DEAF_AFTER_KEEPALIVES * keepalive
+        self._heard_at = loop.time()
+        while True:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(topic, self._token, qos=0, timeout=keepalive)
+            await asyncio.sleep(keepalive / 4)
+            now = loop.time()
+            if self._queueing or self._queue.full():
+                # The agent is behind, not the broker: our echo waits unread behind its backlog.
+                self._heard_at = now
+            silent = now - self._heard_at
+            if silent > limit:
+                self._deaf_for = silent
+                raise LinkDeaf(f"own heartbeat on {topic} not back for {silent:.1f} s")
+
+    async def _report_deaf(self) -> None:
+        silent, self._deaf_for = self._deaf_for, None
+        if silent is None:
+            return
+        self.deaf_reconnects += 1
+        logger.warning(
+            "mqtt link %s reconnected and resubscribed after %.1f s deaf", self.client_id, silent
+        )
+        if self.on_deaf is not None:
+            try:
+                await self.on_deaf(self, silent)
+            except Exception:  # the warning is best effort; the link must keep running
+                logger.exception("mqtt link %s: on_deaf failed", self.client_id)
 
     async def messages(self) -> AsyncIterator[aiomqtt.Message]:
         """Incoming messages across reconnects."""

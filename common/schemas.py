@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from common.chunking import MAX_CHUNK_BYTES
 from common.errors import PayloadTooLarge, ProtocolError
 from common.ids import id_value
 
@@ -265,7 +266,7 @@ class ModelOffer(_IdChecks):
     version: str = Field(min_length=1, max_length=128)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(gt=0, le=1 << 31)
-    chunk_size: int = Field(gt=0, le=1 << 20)
+    chunk_size: int = Field(gt=0, le=MAX_CHUNK_BYTES)
     chunks: int = Field(gt=0, le=1 << 16)
     arch: str
     dtype: Literal["fp32", "fp16"] = "fp32"

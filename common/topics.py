@@ -56,6 +56,10 @@ class Topics:
     def model_status(self, rid: str) -> str:
         return self.robot(rid, "model/status")
 
+    def robot_heartbeat(self, rid: str) -> str:
+        """The robot's link heartbeat (``common.mqtt.MqttLink``): it publishes and reads it."""
+        return self.robot(rid, "heartbeat")
+
     def all_robots(self, leaf: str) -> str:
         """Wildcard subscription for one leaf of every robot."""
         return f"{self.prefix}/robots/+/{leaf}"
@@ -85,6 +89,10 @@ class Topics:
     def server_reply(self, client_id: str) -> str:
         """Reply topic for request/response calls from one client (web, CLI)."""
         return f"{self.prefix}/server/reply/{check_id(client_id, 'client id')}"
+
+    def heartbeat(self, client_id: str) -> str:
+        """Link heartbeat of a server or operator client (server agent, web UI)."""
+        return f"{self.prefix}/heartbeat/{check_id(client_id, 'client id')}"
 
     # --- parsing ------------------------------------------------------------------------
     def parse_robot_topic(self, topic: str) -> tuple[str, str] | None:

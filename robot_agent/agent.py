@@ -23,7 +23,7 @@ import torch
 
 from common.config import Settings
 from common.errors import ArsError, ProtocolError
-from common.mqtt import MqttLink
+from common.mqtt import MqttLink, deaf_message
 from common.schemas import (
     Command,
     Event,
@@ -164,6 +164,8 @@ class RobotAgent:
             will=will,
             on_connect=self._on_connect,
             max_inflight=16,
+            heartbeat_topic=t.robot_heartbeat(self.rid),
+            on_deaf=self._on_deaf,
         )
         self.transfer = DataTransfer(
             link=self.link,
@@ -277,6 +279,9 @@ class RobotAgent:
 
     async def _on_connect(self, link: MqttLink) -> None:
         await self.publish_state()
+
+    async def _on_deaf(self, link: MqttLink, silent_s: float) -> None:
+        await self.event("info", deaf_message(silent_s), level="warning")
 
     async def event(
         self,

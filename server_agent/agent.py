@@ -22,7 +22,7 @@ import aiomqtt
 from common.config import Settings
 from common.envelope import MAGIC, decode
 from common.errors import ArsError, CommandRejected, ProtocolError
-from common.mqtt import MqttLink
+from common.mqtt import MqttLink, deaf_message
 from common.schemas import (
     SERVER_COMMANDS,
     SERVER_REQUESTS,
@@ -78,6 +78,8 @@ class ServerAgent:
             will=will,
             on_connect=self._on_connect,
             queue_size=1024,
+            heartbeat_topic=self.topics.heartbeat(client_id),
+            on_deaf=self._on_deaf,
         )
         self.outbox = Outbox(self.link, self.topics, self._changed)
         self.annotation = Annotation(self.store, self.outbox)
@@ -141,6 +143,9 @@ class ServerAgent:
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         await self.link.wait_connected(timeout)
+
+    async def _on_deaf(self, link: MqttLink, silent_s: float) -> None:
+        await self.outbox.event("info", deaf_message(silent_s), level="warning")
 
     async def _on_connect(self, link: MqttLink) -> None:
         await link.publish(self.topics.server_state, await self._state_json(), retain=True)

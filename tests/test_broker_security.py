@@ -23,6 +23,7 @@ from broker.credentials import Credentials, ensure_credentials
 from broker.embedded import EmbeddedBroker, guard_limits
 from broker.framing import RemainingLength, packet_limit, parse_connect
 from broker.guards import GuardLimits
+from common.clientid import owned_client_id
 from common.config import BrokerSettings, MqttSettings
 from common.errors import ProtocolError
 from common.mqtt import make_client
@@ -106,7 +107,8 @@ class Raw:
         return packet[3]
 
     async def connect(self, client_id: str, user: str, password: str, **kw: int) -> int:
-        await self.send(connect_packet(client_id, user, password, **kw))
+        """CONNECT as ``user`` with the client id ``<user>:<client_id>`` (ids are owned)."""
+        await self.send(connect_packet(owned_client_id(user, client_id), user, password, **kw))
         return await self.connack()
 
     async def closed_by_broker(self, timeout: float = 10) -> bool:

@@ -118,3 +118,27 @@ def test_whole_sha_mismatch_refused() -> None:
 def test_inconsistent_offer_refused() -> None:
     with pytest.raises(TransferError, match="inconsistent"):
         ChunkAssembler(total_bytes=3000, chunk_size=1024, chunks=5, sha256="0" * 64)
+
+
+def test_model_offer_chunk_size_is_the_documented_256_kib() -> None:
+    """docs/protocol.md: ``chunk_size <= 256 KiB``; the schema, the splitter and the server
+    settings use the same ``MAX_CHUNK_BYTES`` (issue 15: the schema used to allow 1 MiB)."""
+    from pathlib import Path
+
+    from common.chunking import MAX_CHUNK_BYTES
+    from common.config import ServerSettings
+    from common.schemas import ModelOffer
+
+    assert MAX_CHUNK_BYTES == 256 * 1024
+    offer = {
+        "robot_id": "rover1", "version": "v1", "sha256": "0" * 64, "bytes": 1 << 20,
+        "chunk_size": MAX_CHUNK_BYTES, "chunks": 4, "arch": "tiny",
+    }  # fmt: skip
+    assert ModelOffer.model_validate(offer).chunk_size == MAX_CHUNK_BYTES
+    with pytest.raises(ProtocolError, match="chunk_size"):
+        validate(ModelOffer, {**offer, "chunk_size": MAX_CHUNK_BYTES + 1}, where="offer")
+    with pytest.raises(ValueError):
+        split_chunks(b"x", MAX_CHUNK_BYTES + 1)
+    assert ServerSettings.model_fields["chunk_size"].metadata[-1].le == MAX_CHUNK_BYTES
+    doc = (Path(__file__).parents[1] / "docs" / "protocol.md").read_text()
+    assert "chunk_size ≤ 256 KiB" in doc

@@ -81,7 +81,7 @@ class Buttons:
         if binary is None:
             pytest.fail("mosquitto_pub is not installed: apt-get install mosquitto-clients")
         self.base = [
-            binary, "-h", "127.0.0.1", "-p", str(broker.port), "-u", "operator",
+            binary, "-h", "127.0.0.1", "-p", str(broker.port), "-u", "operator", "-I", "operator:",
             "-P", broker.creds.passwords["operator"], "-q", "1", "-t", TOPICS.robot_cmd(RID),
         ]  # fmt: skip
 

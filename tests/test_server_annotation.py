@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import zlib
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from common.images import decode_mask, encode_png
+from common.images import PNG_SIGNATURE, decode_mask, encode_jpeg, encode_png
 from common.schemas import ServerState
 from server_agent.agent import ServerAgent
 from tests.conftest import BrokerHandle
@@ -20,6 +23,32 @@ from tests.test_server_util import (
     robot_peer,
     server_settings,
 )
+
+
+def png16(grey: np.ndarray) -> bytes:
+    """A 16-bit greyscale PNG (Pillow writes mode I;16 as bit depth 16)."""
+    buf = io.BytesIO()
+    Image.fromarray(grey.astype(np.uint16)).save(buf, format="PNG")
+    assert buf.getvalue()[24] == 16
+    return buf.getvalue()
+
+
+def png16_rgb(rgb: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one: chunks by hand)."""
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([16, 2, 0, 0, 0])
+    png = PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+    png += chunk(b"IEND", b"")
+    decoded = Image.open(io.BytesIO(png))
+    assert decoded.mode == "RGB"  # Pillow would hand it over as 8-bit RGB: 258 -> 1
+    assert np.asarray(decoded)[0, 0, 0] == 1
+    return png
 
 
 async def _send_regions(broker: BrokerHandle, scores: list[float]) -> list[str]:
@@ -67,13 +96,17 @@ async def test_annotation_session_order_validation_and_restart(
             assert parts[2] == b""
 
             # refused submissions, each with its reason; nothing stored
-            bad = {
-                "size": encode_png(np.zeros((10, 10), dtype=np.uint8)),
-                "unknown class": encode_png(np.full((24, 32), 19, dtype=np.uint8)),
-                "not a valid image": b"GIF89a nonsense",
-                "single-channel": encode_png(np.zeros((24, 32, 3), dtype=np.uint8)),
-            }
-            for reason, png in bad.items():
+            bad = [
+                ("size", encode_png(np.zeros((10, 10), dtype=np.uint8))),
+                ("unknown class", encode_png(np.full((24, 32), 19, dtype=np.uint8))),
+                ("not a PNG", b"GIF89a nonsense"),
+                ("single-channel", encode_png(np.zeros((24, 32, 3), dtype=np.uint8))),
+                # issue 15: class 258 in 16-bit grey or 16-bit RGB is refused, never clipped
+                ("16-bit PNG refused", png16(np.full((24, 32), 258, dtype=np.uint16))),
+                ("16-bit PNG refused", png16_rgb(np.full((24, 32, 3), 258, dtype=np.uint16))),
+                ("not a PNG", encode_jpeg(np.zeros((24, 32, 3), dtype=np.uint8))),
+            ]
+            for reason, png in bad:
                 reply, _ = await op.request("submit_annotation", {"region_id": hardest}, [png])
                 assert reply["ok"] is False and reason in reply["error"], (reason, reply)
             reply, _ = await op.request("submit_annotation", {"region_id": "nope"}, [png])

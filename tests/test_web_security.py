@@ -138,3 +138,86 @@ async def test_static_traversal_refused(aiohttp_client: Any, broker: Any, path: 
     body = await resp.text()
     assert resp.status in {400, 403, 404}
     assert "import" not in body and "root:" not in body
+
+
+# --- DNS rebinding: only our own host names (issue 15) ------------------------------------
+
+
+def test_host_names_parsed_and_served() -> None:
+    assert security.host_name("Rebind.Example:8080") == "rebind.example"
+    assert security.host_name("[::1]:8080") == "::1"
+    assert security.host_name("localhost.") == "localhost"
+    assert security.host_name("::1") == "::1"
+    served = security.served_hosts("0.0.0.0", ["ARS.lab.example"])
+    assert served == {"127.0.0.1", "localhost", "::1", "ars.lab.example"}
+    assert "10.0.0.5" in security.served_hosts("10.0.0.5", [])
+
+
+async def test_dns_rebinding_refused_on_http_and_websocket(
+    aiohttp_client: Any, broker: Any
+) -> None:
+    from tests.test_web_helpers import fake_server
+
+    async with fake_server(broker) as server:
+        client = await start_client(aiohttp_client, broker, allowed_hosts=["ars.lab.example"])
+        port = client.port
+        evil = f"rebind.example:{port}"
+        rebound = {"Host": evil, "Origin": f"http://{evil}"}
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect("/ws", headers=rebound)
+        assert refused.value.status == 421
+        for method, path in [
+            ("POST", "/api/regions/reg-a/skip"),
+            ("POST", "/api/regions/reg-a/annotation"),
+            ("GET", "/"),
+            ("GET", "/api/regions/reg-a/crop.png"),
+            ("GET", "/healthz"),
+        ]:
+            resp = await client.request(method, path, headers=rebound, data=b"")
+            assert resp.status == 421, (method, path)
+            assert "rebind.example" in await resp.text() and "web.allowed_hosts" in (
+                await resp.text()
+            )
+        assert server.requests == []  # nothing reached the server
+        # our own names still work: loopback ones and the configured one
+        for name in (f"localhost:{port}", f"[::1]:{port}", f"ars.lab.example:{port}"):
+            own = {"Host": name, "Origin": f"http://{name}"}
+            assert (await client.post("/api/regions/reg-a/skip", headers=own)).status == 200
+            ws = await client.ws_connect("/ws", headers=own)
+            await recv_type(ws, "hello")
+            await ws.close()
+        assert [r[0] for r in server.requests] == ["submit_annotation"] * 3
+
+
+# --- masks: 8-bit trainIds only (issue 15) ------------------------------------------------
+
+
+async def test_sixteen_bit_and_lossy_masks_refused_with_reason(
+    aiohttp_client: Any, broker: Any
+) -> None:
+    import numpy as np
+
+    from common.images import encode_jpeg
+    from tests.test_server_annotation import png16, png16_rgb
+    from tests.test_web_helpers import fake_server, png
+
+    async with fake_server(broker) as server:
+        client = await start_client(aiohttp_client, broker)
+        grey = np.zeros((40, 60), np.uint16)
+        grey[:10] = 258
+        cases = [
+            (png16(grey), "16-bit PNG refused"),
+            (png16_rgb(np.stack([grey] * 3, axis=-1)), "16-bit PNG refused"),
+            (encode_jpeg(np.zeros((40, 60, 3), np.uint8)), "not a PNG"),
+            (png(np.full((40, 60), 200, np.uint8)), "unknown class ids [200]"),
+        ]
+        for body, reason in cases:
+            resp = await client.post("/api/regions/reg-a/annotation", data=body)
+            answer = await resp.json()
+            assert resp.status == 400 and answer["ok"] is False, answer
+            assert reason in answer["error"], (reason, answer)
+        assert server.requests == []  # refused in the web UI, nothing sent
+        good = np.full((40, 60), 255, np.uint8)
+        good[:10] = 3
+        resp = await client.post("/api/regions/reg-a/annotation", data=png(good))
+        assert resp.status == 200 and (await resp.json())["ok"] is True

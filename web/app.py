@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import WSCloseCode, web
 
 from common.config import Settings
-from common.mqtt import MqttLink
+from common.mqtt import MqttLink, deaf_message
 from common.topics import Topics
 from web.api import post_annotation, post_skip, region_image
 from web.regions import RegionCache
@@ -24,6 +24,7 @@ from web.relay import Relay, subscriptions, web_client_id
 from web.security import (
     add_security_headers,
     auth_middleware,
+    host_middleware,
     make_login_handlers,
     origin_allowed,
 )
@@ -64,11 +65,18 @@ async def health(request: web.Request) -> web.Response:
 async def _mqtt_context(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     client_id = web_client_id()
+
+    async def on_deaf(link: MqttLink, silent_s: float) -> None:
+        if state.relay is not None:
+            state.relay.local_event(deaf_message(silent_s), level="warning")
+
     link = MqttLink(
         state.settings.mqtt,
         client_id=client_id,
         subscriptions=subscriptions(Topics(state.settings.prefix), client_id),
         queue_size=512,
+        heartbeat_topic=Topics(state.settings.prefix).heartbeat(client_id),
+        on_deaf=on_deaf,
     )
     async with link:
         relay = Relay(state.settings, link, client_id)
@@ -95,7 +103,10 @@ def create_app(settings: Settings) -> web.Application:
     """The web UI for ``settings`` (MQTT user from ``settings.mqtt.url``)."""
     web_cfg = settings.web
     app = web.Application(
-        middlewares=[auth_middleware(web_cfg.token)],
+        middlewares=[
+            host_middleware(web_cfg.host, web_cfg.allowed_hosts),
+            auth_middleware(web_cfg.token),
+        ],
         client_max_size=web_cfg.max_upload_bytes + 64 * 1024,
     )
     app[STATE] = WebState(settings)

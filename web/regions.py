@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import ProtocolError
-from common.images import decode_rgb, encode_png
+from common.images import check_mask_png, decode_rgb, encode_png
 from web.relay import Relay, ReplyMessage
 
 PARTS = {"crop": 0, "pred": 1, "annotation": 2}
@@ -71,9 +71,11 @@ def region_summary(region_id: str, answer: ReplyMessage) -> dict[str, Any]:
 def browser_mask_to_png(data: bytes, *, max_pixels: int = 4096 * 4096) -> tuple[bytes, int, int]:
     """A canvas PNG (RGB(A) with R == G == B == label, or greyscale) -> mode L PNG.
 
-    Returns (png, width, height). ProtocolError names what is wrong: not an image, colour
-    pixels (R, G, B differ), or class ids outside 0..18 and 255.
+    Returns (png, width, height). ProtocolError names what is wrong: not an 8-bit PNG (16-bit
+    samples are refused, not clipped), colour pixels (R, G, B differ), or class ids outside
+    0..18 and 255.
     """
+    check_mask_png(data, what="annotation mask")
     rgb = decode_rgb(data, what="annotation mask", max_pixels=max_pixels)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     if not (np.array_equal(r, g) and np.array_equal(r, b)):

@@ -23,6 +23,7 @@ from common.mqtt import MqttLink
 from common.schemas import (
     Command,
     Event,
+    Level,
     ModelStatus,
     PreviewHeader,
     Reply,
@@ -120,6 +121,11 @@ class Relay:
     def broadcast(self, item: Frame, key: Hashable | None = None) -> None:
         for queue in list(self.clients):
             queue.put(item, key)
+
+    def local_event(self, msg: str, *, level: Level = "info") -> None:
+        """An event of the web UI itself (its MQTT link), shown in every browser's log."""
+        event = Event(source="web", level=level, kind="info", msg=msg)
+        self.broadcast(_text("web_event", event=event.model_dump(mode="json")))
 
     def _retain(self, key: Hashable, item: Frame) -> None:
         self._snapshot[key] = item

@@ -1,20 +1,28 @@
-"""Access control for the web UI: token (cookie, URL, bearer or login form), Origin, headers.
+"""Access control for the web UI: Host, token (cookie, URL, bearer or login form), Origin, headers.
 
 Bound to loopback the UI is open (only local users reach it); bound elsewhere the config already
 requires ``web.token``. When a token is set, every route but the login form needs it. The
 comparison is constant-time. WebSockets and uploads also check the Origin header so another
 site cannot drive the robot through the operator's browser.
+
+The Host header is checked first, on every request and WebSocket: a page on
+``rebind.example`` whose DNS name is re-pointed at 127.0.0.1 (DNS rebinding) is same-origin
+with itself, so the Origin check alone cannot stop it; its requests carry
+``Host: rebind.example`` and get 421 unless that name is in ``web.allowed_hosts``.
 """
 
 from __future__ import annotations
 
 import hmac
 import html
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+
+logger = logging.getLogger(__name__)
 
 COOKIE = "ars_token"
 LOGIN_PATH = "/login"
@@ -26,6 +34,47 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def is_loopback(host: str) -> bool:
     return host in LOOPBACK_HOSTS
+
+
+#: Bind addresses that name no host (every interface).
+WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def served_hosts(bind_host: str, allowed_hosts: Iterable[str]) -> frozenset[str]:
+    """Host names the UI answers: loopback names, the bind address, ``web.allowed_hosts``."""
+    names = set(LOOPBACK_HOSTS) | {h.strip().lower().rstrip(".") for h in allowed_hosts}
+    if bind_host not in WILDCARD_BINDS:
+        names.add(bind_host.lower())
+    return frozenset(n for n in names if n)
+
+
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without port, brackets or trailing dot, lower case."""
+    value = host_header.strip().lower()
+    if value.startswith("["):  # [::1]:8080
+        return value[1 : value.find("]")] if "]" in value else value
+    name, sep, port = value.rpartition(":")
+    if sep and port.isdigit() and ":" not in name:
+        value = name
+    return value.rstrip(".")
+
+
+def host_middleware(bind_host: str, allowed_hosts: Iterable[str]) -> Middleware:
+    """Answer 421 to a request whose Host is not one of ours (DNS rebinding), WebSocket too."""
+    served = served_hosts(bind_host, allowed_hosts)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        name = host_name(request.host)
+        if name not in served:
+            logger.warning("web: refused %s %s for host %r", request.method, request.path, name)
+            raise web.HTTPMisdirectedRequest(
+                text=f"host {name!r} is not served here: open the UI by one of its names "
+                f"({', '.join(sorted(served))}) or add it to web.allowed_hosts"
+            )
+        return await handler(request)
+
+    return middleware
 
 
 def token_ok(given: str | None, expected: str | None) -> bool:

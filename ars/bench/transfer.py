@@ -93,6 +93,7 @@ def raw_push(url_pub: str, url_sub: str, port: int, total: int, chunk: int) -> f
     """Seconds from the first publish to the last chunk received (paho, QoS1, 16 in flight)."""
     import paho.mqtt.client as paho
 
+    from common.clientid import owned_client_id
     from common.mqtt import parse_broker_url
 
     topic = f"ars/robots/{RAW_RID}/model/chunk"
@@ -105,6 +106,7 @@ def raw_push(url_pub: str, url_sub: str, port: int, total: int, chunk: int) -> f
     def client(url: str, cid: str) -> paho.Client:
         addr = parse_broker_url(url)
         api = paho.CallbackAPIVersion.VERSION2  # type: ignore[attr-defined]
+        cid = owned_client_id(addr.username, cid)  # brokers refuse ids of other users
         c = paho.Client(api, client_id=cid, protocol=paho.MQTTv311)
         c.username_pw_set(addr.username, addr.password)
         c.max_inflight_messages_set(16)

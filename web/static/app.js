@@ -466,6 +466,9 @@ function onMessage(msg) {
       renderFinetune(msg.state);
       syncEditor();
       break;
+    case "web_event":
+      logEvent(msg.event);
+      break;
     case "robot_event":
       logEvent(msg.event);
       answerFromEvent(msg.event);
