@@ -100,3 +100,20 @@ def test_fleet_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
                 "robot_max_rss_mib", "dropped_previews"):  # fmt: skip
         assert key in row, key
     assert row["robot_max_rss_mib"] > 0
+
+
+def test_annotation_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
+    out = bench(started, "annotation")
+    for key in ("strokes_median", "baseline_strokes_median", "accuracy_median",
+                "clicks_median", "seconds_median", "per_region", "saved_accuracy_median"):  # fmt: skip
+        assert key in out, key
+    full, base = out["per_region"]["full"], out["per_region"]["baseline"]
+    assert len(full) == len(base) == out["regions"] >= 1
+    # every region was worked on in the page and reached the target (or ran out of strokes)
+    assert all(row["strokes"] >= 1 and row["clicks"] >= row["strokes"] for row in full + base)
+    assert all(row["reached"] == (row["accuracy"] >= 0.95) for row in full + base)
+    assert out["accuracy_median"] >= 0.95 and out["baseline_accuracy_median"] >= 0.95
+    # what Save sent is what the editor held
+    assert out["saved_accuracy_median"] == out["accuracy_median"]
+    assert sum(r["tools"].get("brush", 0) + r["tools"].get("polygon", 0) for r in base) >= 1
+    assert all(set(r["tools"]) <= {"brush", "polygon"} for r in base)

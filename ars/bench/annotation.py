@@ -1,0 +1,449 @@
+"""``ars bench annotation``: how many strokes a person needs per region, measured in the real page.
+
+Broker, server, robot (``sim:rural``, the domain the base model was not trained for) and web run
+as processes; this process presses Start Segmentation, Stop, Transfer Data and Start Annotation
+over MQTT as the page does, then a simulated annotator drives the real editor in Debian's
+chromium (Playwright) over the transfer's regions, hardest first. It uses only what a person
+uses (Prefill, Scribble and Fill, Brush, Polygon, Undo, the class palette) and stops on a region
+when its pixel accuracy against the simulator's ground truth (the person's eyes) reaches
+``--target`` (pixels the truth ignores do not count).
+
+Strategy, fixed and simple (``full``): Prefill, then scribble inside the largest wrong connected
+area with its true class and Fill; when the Fill does not raise the accuracy, Undo and outline
+the area with the Polygon (a Brush dab for an area too small to outline). ``baseline``: the same
+annotator with the Brush and Polygon only (no prefill, no fill), outlining the largest wrong
+area each time. A stroke is one gesture on the canvas (a drag, a dab, a whole polygon); a click
+is every press (buttons, palette, polygon vertices, strokes). The labels are read from the
+editor's draft in localStorage after each step (as the page keeps them), never written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ars.bench._harness import (
+    Observer,
+    Proc,
+    bench_checkpoint,
+    broker,
+    json_obj,
+    median,
+    r,
+    spawn,
+    stop,
+    wait_port,
+)
+from ars.bench.annotator_plan import (
+    accuracy,
+    depth,
+    largest_wrong,
+    polygon,
+    scribble,
+)
+from broker.embedded import free_port
+from common.config import MqttSettings, Settings
+
+RID = "rover1"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+MAX_STROKES = 40  # a region still wrong after this many is reported as not reached
+BRUSH = 8  # the editor's default brush size
+MIN_POLYGON_AREA = 24  # smaller wrong areas get a brush dab
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=int, default=48, help="frames to segment first")
+    parser.add_argument("--regions", type=int, default=16, help="label at most N regions")
+    parser.add_argument("--target", type=float, default=0.95, help="pixel accuracy to reach")
+    parser.add_argument("--seed", type=int, default=1, help="simulator seed of the robot")
+    parser.add_argument("--pictures", type=Path, help="write a per-stroke strip of one region")
+    parser.add_argument("--tiny", action="store_true", help="smoke setting: tiny model, 2 regions")
+
+
+@dataclass
+class RegionResult:
+    region_id: str
+    strokes: int = 0
+    clicks: int = 0
+    seconds: float = 0.0
+    accuracy: float = 0.0
+    tools: dict[str, int] = field(default_factory=dict)
+    reached: bool = False
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "region_id": self.region_id, "strokes": self.strokes, "clicks": self.clicks,
+            "seconds": r(self.seconds), "accuracy": r(self.accuracy, 4), "reached": self.reached,
+            "tools": self.tools,
+        }  # fmt: skip
+
+
+class PageAnnotator:
+    """The person's hands on the editor: clicks, drags and polygons, each counted."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.canvas = page.locator("#editor-canvas")
+        self.result = RegionResult("")
+        self.tool = "brush"
+        self.cls = 0
+        self.size = BRUSH
+
+    async def open(self, region_id: str) -> None:
+        """Pick the region in the queue (not counted: it is where the work starts)."""
+        from playwright.async_api import expect
+
+        self.result = RegionResult(region_id)
+        await self.page.locator(f'#region-queue li[data-region-id="{region_id}"]').click()
+        status = self.page.locator("#editor-status")
+        await expect(status).to_have_text(re.compile(rf"^{region_id}: \d+×\d+"), timeout=20_000)
+
+    async def labels(self, shape: tuple[int, int]) -> np.ndarray:
+        """The editor's current labels (its draft; all ignore before the first change)."""
+        raw = await self.page.evaluate(
+            "id => localStorage.getItem('ars-draft-' + id)", self.result.region_id
+        )
+        if not raw:
+            return np.full(shape, 255, np.uint8)
+        data = json.loads(raw)
+        return np.frombuffer(base64.b64decode(data["labels"]), np.uint8).reshape(shape)
+
+    async def click(self, selector: str) -> None:
+        await self.page.locator(selector).click()
+        self.result.clicks += 1
+
+    async def set_tool(self, tool: str) -> None:
+        if tool != self.tool:
+            await self.click(f"#tool-{tool}")
+            self.tool = tool
+
+    async def set_class(self, cls: int) -> None:
+        if cls != self.cls:
+            await self.click(f"#class-{cls}")
+            self.cls = cls
+
+    async def set_size(self, size: int) -> None:
+        if size != self.size:
+            await self.page.locator("#brush-size").fill(str(size))
+            await self.page.locator("#brush-size").blur()
+            self.result.clicks += 1
+            self.size = size
+
+    async def _xy(self, points: list[tuple[int, int]]) -> list[tuple[float, float]]:
+        await self.canvas.scroll_into_view_if_needed()
+        box = await self.canvas.bounding_box()
+        sx, sy = box["width"] / self.shape[1], box["height"] / self.shape[0]
+        return [(box["x"] + (x + 0.5) * sx, box["y"] + (y + 0.5) * sy) for x, y in points]
+
+    async def drag(self, tool: str, points: list[tuple[int, int]]) -> None:
+        """One stroke: press at the first point, drag through the rest, release."""
+        await self.set_tool(tool)
+        xy = await self._xy(points)
+        mouse = self.page.mouse
+        await mouse.move(*xy[0])
+        await mouse.down()
+        for x, y in xy[1:]:
+            await mouse.move(x, y, steps=8)
+        await mouse.up()
+        self.result.strokes += 1
+        self.result.clicks += 1
+        self.result.tools[tool] = self.result.tools.get(tool, 0) + 1
+
+    async def outline(self, vertices: list[tuple[int, int]]) -> None:
+        """One polygon: a click per vertex, Enter to close and fill."""
+        await self.set_tool("polygon")
+        for x, y in await self._xy(vertices):
+            await self.page.mouse.click(x, y)
+        await self.page.keyboard.press("Enter")
+        self.result.strokes += 1
+        self.result.clicks += len(vertices) + 1
+        self.result.tools["polygon"] = self.result.tools.get("polygon", 0) + 1
+
+    shape: tuple[int, int] = (0, 0)
+
+
+async def _fix_by_hand(hand: PageAnnotator, target: Any) -> None:
+    """Outline the wrong area with the polygon, or dab it with a brush of its thickness."""
+    await hand.set_class(target.cls)
+    vertices = polygon(target.mask) if target.area >= MIN_POLYGON_AREA else []
+    if len(vertices) >= 3:
+        await hand.outline(vertices)
+        return
+    size = max(1, min(40, 2 * depth(target.mask) + 1))
+    await hand.set_size(size)
+    await hand.drag("brush", scribble(target.mask, size // 2))
+
+
+async def label_region(
+    hand: PageAnnotator, truth: np.ndarray, *, full: bool, target: float, shots: Path | None
+) -> RegionResult:
+    """Label the open region until ``target`` accuracy (or MAX_STROKES); Save when ``full``."""
+    hand.shape = truth.shape
+    t0 = time.perf_counter()
+    step = 0
+
+    async def picture(caption: str = "") -> None:
+        """The canvas as the person sees it, captioned with the strokes so far."""
+        nonlocal step
+        if shots is not None:
+            caption = caption or f"{hand.result.strokes} stroke{'s' * (hand.result.strokes != 1)}"
+            await hand.canvas.screenshot(path=str(shots / f"step{step:02d}_{caption}.png"))
+            step += 1
+
+    await picture("region")
+    if full:
+        await hand.click("#btn-prefill")
+        await picture("prefill")
+    labels = await hand.labels(truth.shape)
+    acc = accuracy(labels, truth)
+    while acc < target and hand.result.strokes < MAX_STROKES:
+        wrong = largest_wrong(labels, truth)
+        if wrong is None:
+            break
+        if full:
+            await hand.set_size(BRUSH)
+            await hand.set_class(wrong.cls)
+            await hand.drag("scribble", scribble(wrong.mask, BRUSH // 2))
+            await hand.click("#btn-fill")
+            filled = await hand.labels(truth.shape)
+            if accuracy(filled, truth) > acc + 1e-4:
+                labels, acc = filled, accuracy(filled, truth)
+                await picture()
+                continue
+            await hand.click("#btn-undo")  # the fill made it worse: take it back, do it by hand
+        await _fix_by_hand(hand, wrong)
+        labels = await hand.labels(truth.shape)
+        acc = accuracy(labels, truth)
+        await picture()
+    res = hand.result
+    res.seconds = time.perf_counter() - t0
+    res.accuracy = acc
+    res.reached = acc >= target
+    return res
+
+
+async def _truths(b: Any, ids: list[str] | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The session's regions (hardest first) and each crop's ground truth."""
+    from ars.commands.annotate import Requester
+    from common.mqtt import MqttLink
+    from common.topics import Topics
+    from simulator.oracle import OracleAnnotator
+
+    topics = Topics("ars")
+    reply_topic = topics.server_reply("bench-annotation")
+    settings = MqttSettings(url=b.url("operator"))
+    async with MqttLink(
+        settings, client_id="bench-annotation", subscriptions=[(reply_topic, 1)]
+    ) as link:
+        await link.wait_connected(10)
+        req = Requester(link, topics, reply_topic, 30.0)
+        header, _ = await req.call("list_regions", {"robot_id": RID})
+    regions = sorted(header["data"]["regions"], key=lambda x: -float(x["score"]))
+    oracle = OracleAnnotator()
+    truths = {x["region_id"]: oracle.label_crop(x["frame_id"], tuple(x["box"])) for x in regions}
+    return [x["region_id"] for x in regions], truths
+
+
+async def _annotate(
+    web_port: int, order: list[str], truths: dict[str, np.ndarray], args: argparse.Namespace,
+    pictures: Path | None,
+) -> dict[str, list[RegionResult]]:  # fmt: skip
+    from playwright.async_api import async_playwright, expect
+
+    out: dict[str, list[RegionResult]] = {}
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            context = await browser.new_context(
+                viewport={"width": 1400, "height": 1000}, device_scale_factor=1,
+                base_url=f"http://127.0.0.1:{web_port}",
+            )  # fmt: skip
+            page = await context.new_page()
+            for mode in ("baseline", "full"):  # the baseline first: it saves nothing
+                await page.goto("/")
+                await page.evaluate("() => localStorage.clear()")
+                await page.reload()
+                await expect(page.locator("#editor")).to_be_visible(timeout=60_000)
+                await expect(page.locator("#region-queue li")).to_have_count(
+                    len(order), timeout=30_000
+                )
+                hand = PageAnnotator(page)
+                results = []
+                for i, rid in enumerate(order[: args.regions]):
+                    await hand.open(rid)
+                    shots = None
+                    if pictures is not None and i == 0:
+                        shots = pictures / mode
+                        shots.mkdir(parents=True, exist_ok=True)
+                    res = await label_region(
+                        hand, truths[rid], full=mode == "full", target=args.target, shots=shots
+                    )
+                    if mode == "full":
+                        await hand.click("#btn-save")
+                        await expect(page.locator(f'#region-queue li[data-region-id="{rid}"]')
+                                     ).to_have_class(re.compile(r"\bdone\b"))  # fmt: skip
+                        res.clicks -= 1  # Save is the end of the work, not a correction
+                    results.append(res)
+                out[mode] = results
+        finally:
+            await browser.close()
+    return out
+
+
+async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from ars.bench.loop import Operator
+
+    arch = "tiny" if args.tiny else "lraspp_mbv3_large"
+    ckpt = bench_checkpoint(work, arch=arch)
+    robot_flags = ["--model", str(ckpt), "--source", "sim:rural", "--id", RID,
+                   "--seed", str(args.seed)]  # fmt: skip
+    if args.tiny:
+        robot_flags += ["--size", "320x240", "--infer-size", "160x120"]
+    server_flags = ["--base-model", str(ckpt), "--no-gate"]
+    procs: list[Proc] = []
+    web_port = free_port()
+    async with broker("amqtt", work, [RID]) as b:
+        obs = Observer([f"ars/robots/{RID}/#", "ars/server/events", "ars/server/state"])
+        ready = asyncio.Event()
+        obs_task = asyncio.create_task(obs.run(MqttSettings(url=b.url("operator")), ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 10)
+            procs.append(await spawn(
+                "server", ["server", "--data-dir", str(work / "server"), *server_flags],
+                work / "logs", env={"ARS_MQTT__URL": b.url("server")},
+            ))  # fmt: skip
+            procs.append(await spawn(
+                "robot", ["robot", "--data-dir", str(work / "robot"), *robot_flags],
+                work / "logs", env={"ARS_MQTT__URL": b.url(f"robot-{RID}")},
+            ))  # fmt: skip
+            procs.append(await spawn(
+                "web", ["web", "--data-dir", str(work / "web"), "--port", str(web_port)],
+                work / "logs", env={"ARS_MQTT__URL": b.url("operator")},
+            ))  # fmt: skip
+
+            def online(suffix: str) -> Any:
+                def pred(topic: str, payload: bytes) -> Any:
+                    d = json_obj(payload) if topic.endswith(suffix) else None
+                    return d if d and d.get("online") else None
+
+                return pred
+
+            await obs.wait(online("server/state"), 0, timeout=180)
+            await obs.wait(online(f"robots/{RID}/state"), 0, timeout=180)
+            await wait_port(web_port, timeout=120, proc=procs[2])
+            op = Operator(b, obs)
+            await op.press("start_segmentation")
+            mark = len(obs.messages)
+
+            def frames_at_least(topic: str, payload: bytes) -> Any:
+                d = json_obj(payload) if topic.endswith(f"robots/{RID}/state") else None
+                return d if d and int(d.get("frames", 0)) >= args.frames else None
+
+            await obs.wait(frames_at_least, mark, timeout=600)
+            await op.press("stop_segmentation")
+            _, _, sent = await op.press("transfer_data", timeout=180)
+            await op.press("start_annotation")
+            order, truths = await _truths(b)
+            if not order:
+                raise RuntimeError("the transfer sent no regions")
+            results = await _annotate(web_port, order, truths, args, args.pictures)
+            saved = await _saved_accuracy(b, order[: args.regions], truths)
+        finally:
+            obs_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await obs_task
+            await stop(procs)
+    return _summary(args, results, saved, len(order), sent, arch)
+
+
+async def _saved_accuracy(b: Any, ids: list[str], truths: dict[str, np.ndarray]) -> float:
+    """Median accuracy of the masks the server stored (what Save sent, read back)."""
+    import io
+
+    from PIL import Image
+
+    from ars.commands.annotate import Requester
+    from common.mqtt import MqttLink
+    from common.topics import Topics
+
+    topics = Topics("ars")
+    reply_topic = topics.server_reply("bench-annotation-check")
+    accs = []
+    async with MqttLink(
+        MqttSettings(url=b.url("operator")), client_id="bench-annotation-check",
+        subscriptions=[(reply_topic, 1)],
+    ) as link:  # fmt: skip
+        await link.wait_connected(10)
+        req = Requester(link, topics, reply_topic, 30.0)
+        for rid in ids:
+            _, parts = await req.call("get_region", {"region_id": rid})
+            if len(parts) >= 3 and parts[2]:
+                mask = np.asarray(Image.open(io.BytesIO(parts[2])))
+                accs.append(accuracy(mask, truths[rid]))
+            else:
+                accs.append(0.0)
+    return median(accs)
+
+
+def _summary(
+    args: argparse.Namespace, results: dict[str, list[RegionResult]], saved: float,
+    regions_sent: int, sent: dict[str, Any], arch: str,
+) -> dict[str, Any]:  # fmt: skip
+    full, base = results["full"], results["baseline"]
+
+    def med(rows: list[RegionResult], key: str) -> float | None:
+        return r(median([float(getattr(x, key)) for x in rows]), 4)
+
+    strokes, base_strokes = med(full, "strokes"), med(base, "strokes")
+    return {
+        "strokes_median": strokes,
+        "baseline_strokes_median": base_strokes,
+        "accuracy_median": med(full, "accuracy"),
+        "baseline_accuracy_median": med(base, "accuracy"),
+        "clicks_median": med(full, "clicks"),
+        "baseline_clicks_median": med(base, "clicks"),
+        "seconds_median": med(full, "seconds"),
+        "baseline_seconds_median": med(base, "seconds"),
+        "baseline_over_full_strokes": r(base_strokes / strokes, 2) if strokes else None,
+        "reached": sum(x.reached for x in full),
+        "baseline_reached": sum(x.reached for x in base),
+        "saved_accuracy_median": r(saved, 4),
+        "regions": len(full),
+        "regions_in_transfer": regions_sent,
+        "target_accuracy": args.target,
+        "targets": {
+            "strokes_median_at_most_3": bool(strokes is not None and strokes <= 3),
+            "baseline_at_least_3x": bool(strokes and base_strokes and base_strokes >= 3 * strokes),
+        },
+        "per_region": {"full": [x.row() for x in full], "baseline": [x.row() for x in base]},
+        "frames": args.frames,
+        "seed": args.seed,
+        "arch": arch,
+        "transfer": {k: v for k, v in (sent.get("data") or {}).items() if not isinstance(v, list)},
+    }
+
+
+def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    if args.tiny:
+        args.frames, args.regions = min(args.frames, 8), min(args.regions, 2)
+    with tempfile.TemporaryDirectory(prefix="ars-bench-annotation-") as tmp:
+        result = asyncio.run(_run(args, Path(tmp)))
+    if args.pictures:
+        from ars.bench.annotation_pictures import strips
+
+        result["pictures"] = [str(p) for p in strips(args.pictures)]
+    return result
