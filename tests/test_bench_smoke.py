@@ -104,8 +104,8 @@ def test_fleet_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
 
 def test_annotation_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
     out = bench(started, "annotation")
-    for key in ("strokes_median", "baseline_strokes_median", "accuracy_median",
-                "clicks_median", "seconds_median", "per_region", "saved_accuracy_median"):  # fmt: skip
+    for key in ("strokes_median", "baseline_strokes_median", "accuracy_median", "clicks_median",
+                "seconds_median", "per_region", "saved_accuracy_median"):  # fmt: skip
         assert key in out, key
     full, base = out["per_region"]["full"], out["per_region"]["baseline"]
     assert len(full) == len(base) == out["regions"] >= 1

@@ -418,7 +418,9 @@ def _summary(
         "baseline_clicks_median": med(base, "clicks"),
         "seconds_median": med(full, "seconds"),
         "baseline_seconds_median": med(base, "seconds"),
-        "baseline_over_full_strokes": r(base_strokes / strokes, 2) if strokes else None,
+        "baseline_over_full_strokes": r(base_strokes / strokes, 2)
+        if strokes and base_strokes
+        else None,
         "reached": sum(x.reached for x in full),
         "baseline_reached": sum(x.reached for x in base),
         "saved_accuracy_median": r(saved, 4),

@@ -134,7 +134,9 @@ def polygon(mask: np.ndarray, tol: float = 1.0) -> list[tuple[int, int]]:
     # pad so outlines touching the crop's edge close; contour at 0.5 between pixel centres,
     # pushed half a pixel outwards by contouring a slightly dilated field
     field = np.pad(mask.astype(np.float64), 1)
-    lines = contourpy.contour_generator(z=field).lines(0.25)
+    lines: list[np.ndarray] = [
+        np.asarray(line, np.float64) for line in contourpy.contour_generator(z=field).lines(0.25)
+    ]
     if not lines:
         return []
     line = max(lines, key=len) - 1.0  # back to crop coordinates
