@@ -8,13 +8,16 @@ uses (Prefill, Scribble and Fill, Brush, Polygon, Undo, the class palette) and s
 when its pixel accuracy against the simulator's ground truth (the person's eyes) reaches
 ``--target`` (pixels the truth ignores do not count).
 
-Strategy, fixed and simple (``full``): Prefill, then scribble inside the largest wrong connected
-area with its true class and Fill; when the Fill does not raise the accuracy, Undo and outline
-the area with the Polygon (a Brush dab for an area too small to outline). ``baseline``: the same
-annotator with the Brush and Polygon only (no prefill, no fill), outlining the largest wrong
-area each time. A stroke is one gesture on the canvas (a drag, a dab, a whole polygon); a click
-is every press (buttons, palette, polygon vertices, strokes). The labels are read from the
-editor's draft in localStorage after each step (as the page keeps them), never written.
+Strategy, fixed and simple (``full``): Prefill, then scribble inside the largest wrong
+connected area with its true class and Fill; when the Fill does not fix at least half of that
+area (or lowers the accuracy), Undo and outline the area with the Polygon (a Brush dab for an
+area too small to outline). ``baseline``: the same annotator with the Brush and Polygon only (no
+prefill, no fill), outlining the largest wrong area each time. ``whole_fill``: ``full`` with the
+editor's "stop at edges" off, the Fill the editor had first (the scribbles relabel the whole
+crop), for the before/after figure of that change. A stroke is one gesture on the canvas (a drag,
+a dab, a whole polygon); a click is every press (buttons, palette, polygon vertices, strokes).
+The labels are read from the editor's draft in localStorage after each step (as the page keeps
+them), never written. Only the ``full`` pass saves.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ from common.config import MqttSettings, Settings
 RID = "rover1"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+MODES = ("baseline", "whole_fill", "full")  # passes over the same regions; the last one saves
+DONE = re.compile(r"\bdone\b")  # a saved region's class in the queue
 MAX_STROKES = 40  # a region still wrong after this many is reported as not reached
 BRUSH = 8  # the editor's default brush size
 MIN_POLYGON_AREA = 24  # smaller wrong areas get a brush dab
@@ -65,7 +70,7 @@ MIN_POLYGON_AREA = 24  # smaller wrong areas get a brush dab
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=48, help="frames to segment first")
-    parser.add_argument("--regions", type=int, default=16, help="label at most N regions")
+    parser.add_argument("--regions", type=int, default=12, help="label at most N regions")
     parser.add_argument("--target", type=float, default=0.95, help="pixel accuracy to reach")
     parser.add_argument("--seed", type=int, default=1, help="simulator seed of the robot")
     parser.add_argument("--pictures", type=Path, help="write a per-stroke strip of one region")
@@ -186,6 +191,9 @@ async def _fix_by_hand(hand: PageAnnotator, target: Any) -> None:
     await hand.drag("brush", scribble(target.mask, size // 2))
 
 
+FILL_FIXES = 0.5  # a Fill is kept when it fixes at least this share of the area scribbled in
+
+
 async def label_region(
     hand: PageAnnotator, truth: np.ndarray, *, full: bool, target: float, shots: Path | None
 ) -> RegionResult:
@@ -208,8 +216,9 @@ async def label_region(
         await picture("prefill")
     labels = await hand.labels(truth.shape)
     acc = accuracy(labels, truth)
+    failed: list[np.ndarray] = []  # areas a stroke could not fix: the next largest comes first
     while acc < target and hand.result.strokes < MAX_STROKES:
-        wrong = largest_wrong(labels, truth)
+        wrong = largest_wrong(labels, truth, failed)
         if wrong is None:
             break
         if full:
@@ -218,7 +227,8 @@ async def label_region(
             await hand.drag("scribble", scribble(wrong.mask, BRUSH // 2))
             await hand.click("#btn-fill")
             filled = await hand.labels(truth.shape)
-            if accuracy(filled, truth) > acc + 1e-4:
+            fixed = int((filled[wrong.mask] == wrong.cls).sum())
+            if accuracy(filled, truth) > acc and fixed >= FILL_FIXES * wrong.area:
                 labels, acc = filled, accuracy(filled, truth)
                 await picture()
                 continue
@@ -226,6 +236,8 @@ async def label_region(
         await _fix_by_hand(hand, wrong)
         labels = await hand.labels(truth.shape)
         acc = accuracy(labels, truth)
+        if (labels[wrong.mask] == wrong.cls).sum() < FILL_FIXES * wrong.area:
+            failed.append(wrong.mask)
         await picture()
     res = hand.result
     res.seconds = time.perf_counter() - t0
@@ -273,7 +285,7 @@ async def _annotate(
                 base_url=f"http://127.0.0.1:{web_port}",
             )  # fmt: skip
             page = await context.new_page()
-            for mode in ("baseline", "full"):  # the baseline first: it saves nothing
+            for mode in MODES:  # the last one saves
                 await page.goto("/")
                 await page.evaluate("() => localStorage.clear()")
                 await page.reload()
@@ -281,6 +293,7 @@ async def _annotate(
                 await expect(page.locator("#region-queue li")).to_have_count(
                     len(order), timeout=30_000
                 )
+                await page.locator("#fill-edges").set_checked(mode != "whole_fill")
                 hand = PageAnnotator(page)
                 results = []
                 for i, rid in enumerate(order[: args.regions]):
@@ -290,12 +303,18 @@ async def _annotate(
                         shots = pictures / mode
                         shots.mkdir(parents=True, exist_ok=True)
                     res = await label_region(
-                        hand, truths[rid], full=mode == "full", target=args.target, shots=shots
+                        hand, truths[rid], full=mode != "baseline", target=args.target, shots=shots
                     )
                     if mode == "full":
                         await hand.click("#btn-save")
-                        await expect(page.locator(f'#region-queue li[data-region-id="{rid}"]')
-                                     ).to_have_class(re.compile(r"\bdone\b"))  # fmt: skip
+                        item = page.locator(f'#region-queue li[data-region-id="{rid}"]')
+                        try:
+                            await expect(item).to_have_class(
+                                re.compile(r"\bdone\b"), timeout=60_000
+                            )
+                        except AssertionError as exc:
+                            status = await page.locator("#editor-status").inner_text()
+                            raise RuntimeError(f"Save of {rid} not done: {status}") from exc
                         res.clicks -= 1  # Save is the end of the work, not a correction
                     results.append(res)
                 out[mode] = results
@@ -403,7 +422,7 @@ def _summary(
     args: argparse.Namespace, results: dict[str, list[RegionResult]], saved: float,
     regions_sent: int, sent: dict[str, Any], arch: str,
 ) -> dict[str, Any]:  # fmt: skip
-    full, base = results["full"], results["baseline"]
+    full, base, whole = results["full"], results["baseline"], results["whole_fill"]
 
     def med(rows: list[RegionResult], key: str) -> float | None:
         return r(median([float(getattr(x, key)) for x in rows]), 4)
@@ -418,6 +437,9 @@ def _summary(
         "baseline_clicks_median": med(base, "clicks"),
         "seconds_median": med(full, "seconds"),
         "baseline_seconds_median": med(base, "seconds"),
+        "whole_fill_strokes_median": med(whole, "strokes"),
+        "whole_fill_accuracy_median": med(whole, "accuracy"),
+        "whole_fill_clicks_median": med(whole, "clicks"),
         "baseline_over_full_strokes": r(base_strokes / strokes, 2)
         if strokes and base_strokes
         else None,
@@ -431,7 +453,7 @@ def _summary(
             "strokes_median_at_most_3": bool(strokes is not None and strokes <= 3),
             "baseline_at_least_3x": bool(strokes and base_strokes and base_strokes >= 3 * strokes),
         },
-        "per_region": {"full": [x.row() for x in full], "baseline": [x.row() for x in base]},
+        "per_region": {mode: [x.row() for x in rows] for mode, rows in results.items()},
         "frames": args.frames,
         "seed": args.seed,
         "arch": arch,

@@ -53,18 +53,27 @@ class Target:
     area: int
 
 
-def largest_wrong(labels: np.ndarray, truth: np.ndarray) -> Target | None:
+def wrong_areas(labels: np.ndarray, truth: np.ndarray, limit: int = 8) -> list[Target]:
+    """The ``limit`` largest connected areas that are wrong and should each be one class."""
     wrong = (truth != IGNORE) & (labels != truth)
-    best: Target | None = None
+    found: list[Target] = []
     for cls in np.unique(truth[wrong]):
-        ids, n = components(wrong & (truth == cls))
-        if not n:
-            continue
+        ids, _ = components(wrong & (truth == cls))
         sizes = np.bincount(ids.ravel())[1:]
-        k = int(np.argmax(sizes))
-        if best is None or sizes[k] > best.area:
-            best = Target(int(cls), ids == k + 1, int(sizes[k]))
-    return best
+        for k in np.argsort(-sizes)[:limit]:
+            found.append(Target(int(cls), ids == k + 1, int(sizes[k])))
+    found.sort(key=lambda t: -t.area)
+    return found[:limit]
+
+
+def largest_wrong(
+    labels: np.ndarray, truth: np.ndarray, skip: list[np.ndarray] | None = None
+) -> Target | None:
+    """The largest wrong area that is not mostly one of the ``skip`` areas (tried and failed)."""
+    for target in wrong_areas(labels, truth):
+        if not any((target.mask & s).sum() > 0.5 * target.area for s in skip or []):
+            return target
+    return None
 
 
 def erode(mask: np.ndarray, r: int) -> np.ndarray:
