@@ -167,8 +167,18 @@ class PageAnnotator:
         self.result.tools[tool] = self.result.tools.get(tool, 0) + 1
 
     async def outline(self, vertices: list[tuple[int, int]]) -> None:
-        """One polygon: a click per vertex, Enter to close and fill."""
+        """One polygon: a click per vertex, Enter to close and fill. A click within 8 screen
+        pixels of the first vertex closes the polygon in the editor, so the annotator leaves out
+        the vertices that near the first one (as a person closing by the first vertex does)."""
         await self.set_tool("polygon")
+        box = await self.canvas.bounding_box()
+        near = 10.0 * self.shape[1] / box["width"] if box else 5.0  # 8 px + margin, in pixels
+        x0, y0 = vertices[0]
+        vertices = [vertices[0]] + [
+            (x, y) for x, y in vertices[1:] if (x - x0) ** 2 + (y - y0) ** 2 > near**2
+        ]
+        if len(vertices) < 3:
+            return
         for x, y in await self._xy(vertices):
             await self.page.mouse.click(x, y)
         await self.page.keyboard.press("Enter")
