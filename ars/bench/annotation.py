@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-strokes", type=int, default=MAX_STROKES, help="give a region up after N strokes"
     )
     parser.add_argument("--pictures", type=Path, help="write a per-stroke strip of one region")
-    parser.add_argument("--tiny", action="store_true", help="smoke setting: tiny model, 2 regions")
+    parser.add_argument("--tiny", action="store_true", help="smoke: 1 region, 4 strokes")
 
 
 async def _truths(b: Any, ids: list[str] | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -281,8 +281,8 @@ def _summary(
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if args.tiny:
-        args.frames, args.regions = min(args.frames, 8), min(args.regions, 2)
-        args.max_strokes = min(args.max_strokes, 6)
+        args.frames, args.regions = min(args.frames, 8), 1
+        args.max_strokes = min(args.max_strokes, 4)
     with tempfile.TemporaryDirectory(prefix="ars-bench-annotation-") as tmp:
         result = asyncio.run(_run(args, Path(tmp)))
     if args.pictures:
