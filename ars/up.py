@@ -4,6 +4,11 @@ Starts the embedded broker, the server agent, the web UI and one simulated robot
 (``sim:drive``: urban, then rural), with credentials generated on first run (mode 0600) and
 passed to each child through its environment, never its command line. Ctrl-C (or SIGTERM) stops
 every child cleanly; if one child dies, the others are stopped too and the exit code says so.
+
+Each child runs in its own process group, so a terminal's Ctrl-C reaches ``ars up`` alone and
+the shutdown order is ours: the agents first (they say goodbye to a live broker), the broker
+last, one line each. Start-up waits for the broker by seeing its port taken, never by
+connecting to it: a bare TCP probe makes amqtt log an error ("No data from ...") on every start.
 """
 
 from __future__ import annotations
@@ -49,16 +54,45 @@ class Child:
     process: asyncio.subprocess.Process
 
 
-async def _wait_port(host: str, port: int, timeout: float = 20.0) -> None:
+async def _wait_bound(
+    host: str, port: int, proc: asyncio.subprocess.Process, timeout: float = 20.0
+) -> None:
+    """Until something (the broker we just started on a free port) has bound ``port``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection(host, port)
-            writer.close()
+        if proc.returncode is not None:
+            raise RuntimeError(f"the broker exited with {proc.returncode} before listening")
+        if not _port_free(host, port):
             return
         await asyncio.sleep(0.1)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+async def _stop(child: Child, timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; one line when it is gone."""
+    proc = child.process
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            print(f"ars up: {child.name} killed after {timeout:.0f} s", flush=True)
+            return
+    print(f"ars up: {child.name} stopped (exit {proc.returncode})", flush=True)
+
+
+async def stop_children(children: list[Child]) -> None:
+    """The agents together, then the broker, so no agent sees its broker vanish."""
+    agents = [c for c in children if c.name != "broker"]
+    await asyncio.gather(*(_stop(c) for c in agents))
+    for child in children:
+        if child.name == "broker":
+            await _stop(child)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -132,10 +166,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 argv = [*argv[:1], "--config", str(args.config), *argv[1:]]
             if user is not None:
                 env["ARS_MQTT__URL"] = creds.url_for(user, host, port)
-            proc = await asyncio.create_subprocess_exec(*base, *argv, env=env)
+            # process_group=0: its own group, so the terminal's Ctrl-C reaches only us
+            proc = await asyncio.create_subprocess_exec(*base, *argv, env=env, process_group=0)
             children.append(Child(name, proc))
             if name == "broker":
-                await _wait_port(host, port)
+                await _wait_bound(host, port, proc)
         print(
             f"ARS FineTune is up: broker mqtt://{host}:{port}, robot {rid} "
             f"({settings.robot.source})",
@@ -156,14 +191,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 )
                 exit_code = 1
         stopper.cancel()
+        for task in waits:
+            task.cancel()
+        if stop.is_set():
+            print("ars up: stopping the agents, then the broker", flush=True)
     finally:
-        for child in reversed(children):
-            if child.process.returncode is None:
-                child.process.send_signal(signal.SIGTERM)
-        for child in reversed(children):
-            try:
-                await asyncio.wait_for(child.process.wait(), 15)
-            except TimeoutError:
-                child.process.kill()
-                await child.process.wait()
+        await stop_children(children)
     return exit_code

@@ -36,6 +36,7 @@ from models.training import (
     heldout_set,
     source_replay_set,
 )
+from server_agent.figures import figures, headline
 from server_agent.gate import is_held_out
 from server_agent.outbox import Outbox
 from server_agent.samples import RegionSamples
@@ -91,6 +92,7 @@ class _Outcome:
     seconds: float
     cancelled: bool
     iterations_done: int
+    counts: dict[str, int] = field(default_factory=dict)  # samples behind each figure
 
 
 def thin(values: Sequence[float], limit: int = MAX_LOSSES) -> list[float]:
@@ -285,15 +287,16 @@ class FinetuneRunner:
         await asyncio.to_thread(self.store.finish_job, job.job_id, "done", version=outcome.version)
         self._set_status(job, "done", job.progress.latest)
         before, after = outcome.metrics_before, outcome.metrics_after
+        rows = figures(before, after, outcome.counts)
         await self.outbox.done(
             command,
             rid,
-            f"new model {outcome.version}: rural mIoU {before.get('miou_rural', 0):.3f} -> "
-            f"{after.get('miou_rural', 0):.3f}",
+            headline(str(outcome.version), outcome.seconds, rows),
             job_id=job.job_id,
             version=outcome.version,
             metrics_before=before,
             metrics_after=after,
+            figures=rows,
             losses=thin(outcome.losses),
             seconds=round(outcome.seconds, 2),
         )
@@ -419,9 +422,12 @@ class FinetuneRunner:
             return _Outcome(None, {}, {}, [], time.monotonic() - start, True,
                             latest.iteration if latest else 0)  # fmt: skip
         logger.info("robot %s: job %s registered %s", rid, job.job_id, version)
+        n = self.settings.eval_frames
+        counts = {"miou_heldout": len(held), "miou_regions": len(labeled),
+                  "miou_rural": n, "miou_urban": n}  # fmt: skip
         return _Outcome(
             version, before, after, result.losses, time.monotonic() - start, False,
-            result.iterations_done,
+            result.iterations_done, counts,
         )  # fmt: skip
 
     def _next_version(self, rid: str) -> str:

@@ -50,8 +50,10 @@ def started(request: pytest.FixtureRequest) -> Iterator[dict[str, subprocess.Pop
             proc.communicate()
 
 
-def bench(started: dict[str, subprocess.Popen[str]], name: str) -> dict[str, Any]:
-    stdout, stderr = started[name].communicate(timeout=240)
+def bench(
+    started: dict[str, subprocess.Popen[str]], name: str, timeout: float = 240
+) -> dict[str, Any]:
+    stdout, stderr = started[name].communicate(timeout=timeout)
     assert started[name].returncode == 0, stderr[-3000:]
     result = json.loads(stdout.strip().splitlines()[-1])
     assert isinstance(result, dict)
@@ -101,3 +103,21 @@ def test_fleet_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
                 "robot_max_rss_mib", "dropped_previews"):  # fmt: skip
         assert key in row, key
     assert row["robot_max_rss_mib"] > 0
+
+
+def test_annotation_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
+    # four agents and chromium start, three passes in the page: minutes on a loaded machine
+    out = bench(started, "annotation", timeout=540)
+    for key in ("strokes_median", "baseline_strokes_median", "accuracy_median", "clicks_median",
+                "seconds_median", "per_region", "saved_accuracy_median"):  # fmt: skip
+        assert key in out, key
+    full, base = out["per_region"]["full"], out["per_region"]["baseline"]
+    assert len(full) == len(base) == out["regions"] >= 1
+    # every region was worked on in the page; reached means the target accuracy
+    assert all(row["strokes"] >= 1 and row["clicks"] >= row["strokes"] for row in full + base)
+    assert all(row["reached"] == (row["accuracy"] >= 0.95) for row in full + base)
+    assert all(row["strokes"] <= 4 + 1 for row in full + base)  # --tiny gives up after 4
+    # what Save sent is what the editor held
+    assert out["saved_accuracy_median"] == out["accuracy_median"]
+    assert sum(r["tools"].get("brush", 0) + r["tools"].get("polygon", 0) for r in base) >= 1
+    assert all(set(r["tools"]) <= {"brush", "polygon"} for r in base)

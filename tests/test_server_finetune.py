@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
 
-from ars.commands import annotate
+from ars.commands import annotate, send
 from common.config import Settings
 from models.checkpoint import load_checkpoint
 from server_agent.agent import ServerAgent
@@ -44,6 +45,13 @@ async def _oracle_label(broker: BrokerHandle, capsys: pytest.CaptureFixture[str]
     args = argparse.Namespace(oracle=True, robot=None, limit=0, timeout=15.0)
     assert await annotate.run(args, settings) == 0
     return capsys.readouterr().out
+
+
+def _send_args(cmd: str, *, json_out: bool) -> argparse.Namespace:
+    return argparse.Namespace(
+        robot=RID, cmd=cmd, args='{"iterations": 2}' if cmd == "start_finetune" else "{}",
+        force=False, wait=True, timeout=120.0, json=json_out,
+    )  # fmt: skip
 
 
 async def test_finetune_rejects_then_trains_and_registers_a_version(
@@ -93,6 +101,33 @@ async def test_finetune_rejects_then_trains_and_registers_a_version(
         assert info["metrics"] == pytest.approx(data["metrics_after"])
         assert server.store.job_state(data["job_id"]) == "done"
         assert server.finetune.status.state == "done"
+
+        # each figure names what it is measured on; the message leads with the best answer to
+        # "how much better where the robot drives" (here: the labelled regions, none held out)
+        figures = {f["key"]: f for f in data["figures"]}
+        assert set(figures) == set(data["metrics_after"])
+        assert figures["miou_regions"]["evaluated_on"] == (
+            "all 3 labelled regions of this robot, trained on"
+        )
+        assert "fixed simulator rural frames" in figures["miou_rural"]["evaluated_on"]
+        assert figures["miou_urban"]["after"] == data["metrics_after"]["miou_urban"]
+        assert done.msg.startswith(f"new model {version} in ")
+        assert "labelled regions mIoU" in done.msg and "(all 3 labelled regions" in done.msg
+
+        # `ars send --wait` prints the figures for a person, no loss list; --json the raw events
+        capsys.readouterr()
+        args = _send_args("start_finetune", json_out=False)
+        assert await send.run(args, Settings(mqtt=broker.mqtt("operator"))) == 0
+        out = capsys.readouterr().out
+        assert f"new model {RID}-v2 in " in out and "losses" not in out, out
+        lines = [line for line in out.splitlines() if "mIoU" in line and "->" in line]
+        assert len(lines) >= 1 + len(figures), out  # the headline, then one line per figure
+        assert any("rural frames" in line and "not the robot's route" in line for line in lines)
+        args = _send_args("cancel_finetune", json_out=True)
+        assert await send.run(args, Settings(mqtt=broker.mqtt("operator"))) == 1
+        events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [e["kind"] for e in events][-1] == "rejected"
+        assert all(e["cmd"] == "cancel_finetune" for e in events)
 
 
 async def test_second_finetune_rejected_and_cancel_works(

@@ -46,6 +46,7 @@ from tests.ui_helpers import (
     stroke,
     write_config,
 )
+from tests.ui_layout import WIDTHS, check_layout
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -305,6 +306,12 @@ async def _loop(
     await page.screenshot(path=str(shots / "ui_main.png"))
     await click(page, "stop_segmentation")
     await answered(page, "stop_segmentation")
+    # each figure of the fine-tune names the set it is measured on, under the chart
+    await expect(page.locator("#miou-sets li").first).to_contain_text("labelled regions")
+    # phone, tablet and desktop widths with real frames, figures and a model history
+    for width in WIDTHS:
+        await check_layout(page, width, shots / f"ui_layout_{width}.png")
+    await page.set_viewport_size(VIEWPORT)
     clock.mark("done")
 
 

@@ -21,7 +21,8 @@ def run_js(body: str) -> object:
     if NODE is None:
         pytest.fail("node is not installed: run `make system-deps` (Debian package nodejs)")
     script = (
-        f"import {{ growRegions, MinHeap }} from '{(STATIC / 'regiongrow.js').as_uri()}';\n"
+        "import { edgeThreshold, growRegions, MinHeap } from "
+        f"'{(STATIC / 'regiongrow.js').as_uri()}';\n"
         f"import {{ parseEnvelope }} from '{(STATIC / 'envelope.js').as_uri()}';\n{body}"
     )
     out = subprocess.run(
@@ -71,3 +72,26 @@ def test_js_region_growing_follows_colour_edges() -> None:
     assert result["order"] == [0, 1, 1.5, 4, 5, 9]
     rows = [result["labels"][y * 8 : (y + 1) * 8] for y in range(5)]
     assert all(row == [8] * 5 + [13] * 3 for row in rows)
+
+
+def test_js_fill_over_labels_stops_at_edges_and_keeps_the_rest() -> None:
+    """A prefilled crop (all class 0): a class-8 seed in the textured left part takes it up to
+    the edge (5 of 139 neighbour steps); the bright right part keeps its label (fill: 255)."""
+    result = run_js(
+        "const w = 16, h = 5, rgba = new Uint8ClampedArray(w * h * 4);\n"
+        "for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {\n"
+        "  const i = (y * w + x) * 4, v = x < 10 ? 30 + 6 * ((x + y) % 3) : 210;\n"
+        "  rgba.set([v, v, v, 255], i); }\n"
+        "const seeds = new Uint8Array(w * h).fill(255); seeds[2 * w + 1] = 8;\n"
+        "const labels = new Uint8Array(w * h).fill(0);\n"
+        "const edge = edgeThreshold(rgba, w, h);\n"
+        "const all = growRegions(rgba, w, h, seeds);\n"
+        "const local = growRegions(rgba, w, h, seeds, labels, edge);\n"
+        "console.log(JSON.stringify({edge, all: Array.from(all), local: Array.from(local)}));"
+    )
+    assert isinstance(result, dict)
+    # texture steps are 6*sqrt(3)..12*sqrt(3) (10.4..20.8); the edge step is 180*sqrt(3) (312)
+    assert 10 < result["edge"] < 312
+    assert result["all"] == [8] * 80  # without labels one seed takes everything, as before
+    rows = [result["local"][y * 16 : (y + 1) * 16] for y in range(5)]
+    assert all(row == [8] * 10 + [255] * 6 for row in rows), rows

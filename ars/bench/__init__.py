@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "loop": "the whole loop headless with the oracle annotator, stage by stage",
     "fleet": "N simulated robots on one broker, server and web: fps, CPU, RSS, drops",
     "soak": "N robots looping the whole loop with the oracle: loops, errors, RSS growth, losses",
+    "annotation": "strokes per region in the real editor (simulated annotator) vs brush only",
 }
 
 

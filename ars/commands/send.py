@@ -1,4 +1,9 @@
-"""``ars send ROBOT COMMAND``: one of the seven buttons (or rollback) from the shell."""
+"""``ars send ROBOT COMMAND``: one of the seven buttons (or rollback) from the shell.
+
+Prints what a person wants to read (the answer's message, a progress line, a fine-tune's
+figures with what each is measured on); ``--json`` prints each event of the command as one raw
+JSON line instead, for scripts.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import json
 import sys
 import time
 import uuid
+from typing import Any
 
 from ars.commands.connect import client_mqtt
 from common.config import Settings
@@ -31,15 +37,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--wait", action="store_true", help="wait until the command is done")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
+    parser.add_argument(
+        "--json", action="store_true", help="print the command's events as raw JSON lines"
+    )
+
+
+def _scalars(data: dict[str, Any]) -> str:
+    """The short fields of an event's data (numbers, strings, booleans), not lists or maps."""
+    keep = {k: v for k, v in data.items() if isinstance(v, int | float | str | bool)}
+    text = " ".join(f"{k}={v}" for k, v in keep.items())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def format_figures(data: dict[str, Any]) -> list[str]:
+    """A fine-tune's figures, one line each: name, before -> after, what it is measured on."""
+    lines = []
+    for row in data.get("figures") or []:
+        if not isinstance(row, dict):
+            continue
+        before, after = row.get("before"), row.get("after")
+        b = f"{before:.3f}" if isinstance(before, int | float) else "  ?  "
+        a = f"{after:.3f}" if isinstance(after, int | float) else "  ?  "
+        name, on = row.get("name", "?"), row.get("evaluated_on", "")
+        lines.append(f"  {name:<17} mIoU {b} -> {a}   {on}")
+    return lines
 
 
 def format_event(event: Event) -> str:
+    """One line for a person (plus a fine-tune's figure lines): no loss lists, no raw dicts."""
     stamp = time.strftime("%H:%M:%S", time.localtime(event.ts))
-    extra = f" {json.dumps(event.data)}" if event.data and event.kind != "progress" else ""
+    d = event.data
     if event.kind == "progress":
-        d = event.data
         extra = f" {d.get('percent', 0):.0f}% loss={d.get('loss')} eta={d.get('eta_s')}s"
-    return f"{stamp} {event.source:>14} {event.level:<7} {event.kind:<8} {event.msg}{extra}"
+    elif d.get("figures"):
+        extra = ""  # the message says it; the figures follow one per line
+    else:
+        short = _scalars(d)
+        extra = f" ({short})" if short else ""
+    line = f"{stamp} {event.source:>14} {event.level:<7} {event.kind:<8} {event.msg}{extra}"
+    return "\n".join([line, *format_figures(d)])
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -58,7 +94,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     ) as link:
         await link.wait_connected(10)
         await link.publish(topics.robot_cmd(rid), command.to_json(), qos=1)
-        print(f"sent {command.cmd} id={command.id} to {rid}")
+        if not args.json:
+            print(f"sent {command.cmd} id={command.id} to {rid}")
         deadline = time.monotonic() + (args.timeout if args.wait else 5.0)
         status = 0
         messages = link.messages()
@@ -81,7 +118,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 continue
             if event.ref != command.id:
                 continue
-            print(format_event(event), flush=True)
+            print(event.model_dump_json() if args.json else format_event(event), flush=True)
             if event.kind in {"rejected", "failed"}:
                 status = 1
             if event.kind in FINAL_KINDS:

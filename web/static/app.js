@@ -372,18 +372,44 @@ function onFinetuneDone(d) {
     state.losses = d.losses;
     drawLossChart($("loss-chart"), d.losses, d.losses.length);
   }
-  const before = d.metrics_before || {};
-  const after = d.metrics_after || {};
-  state.lastMetrics = [
-    { label: "rural", before: before.miou_rural, after: after.miou_rural },
-    { label: "urban", before: before.miou_urban, after: after.miou_urban },
-    { label: "regions", before: before.miou_regions, after: after.miou_regions },
-  ];
-  if (after.miou_heldout !== undefined) {
-    state.lastMetrics.push({ label: "held-out", before: before.miou_heldout, after: after.miou_heldout });
-  }
+  state.lastMetrics = figureGroups(d);
+  showFigureSets(Array.isArray(d.figures) ? d.figures : []);
   drawMiouBars($("miou-chart"), state.lastMetrics);
   setProgress(100, `done: ${d.version || ""} in ${Number(d.seconds || 0).toFixed(0)} s`);
+}
+
+// The names the server gives each figure, for a done event from an older server.
+const FIGURE_NAMES = [
+  ["miou_heldout", "held-out regions"],
+  ["miou_regions", "labelled regions"],
+  ["miou_rural", "rural frames"],
+  ["miou_urban", "urban frames"],
+];
+
+/** Bars for a done event: the server's figures (held-out regions first), else its metrics. */
+function figureGroups(d) {
+  if (Array.isArray(d.figures) && d.figures.length) {
+    return d.figures.map((f) => ({ label: f.name, before: f.before, after: f.after }));
+  }
+  const before = d.metrics_before || {};
+  const after = d.metrics_after || {};
+  return FIGURE_NAMES.filter(([k]) => after[k] !== undefined).map(([k, label]) => ({
+    label, before: before[k], after: after[k],
+  }));
+}
+
+/** Under the chart: what each figure is measured on, so a falling bar is read correctly. */
+function showFigureSets(figures) {
+  const list = $("miou-sets");
+  list.replaceChildren(
+    ...figures.map((f) => {
+      const li = document.createElement("li");
+      const name = document.createElement("b");
+      name.textContent = f.name;
+      li.append(name, document.createTextNode(`: ${f.evaluated_on}`));
+      return li;
+    }),
+  );
 }
 
 function renderFinetune(server) {
@@ -403,9 +429,9 @@ function renderFinetune(server) {
       const cells = [
         m.version,
         new Date(m.created * 1000).toLocaleString(),
+        pct(m.metrics.miou_heldout),
         pct(m.metrics.miou_rural),
         pct(m.metrics.miou_urban),
-        pct(m.metrics.miou_regions),
         (m.active_on || []).join(", ") || "-",
       ];
       for (const c of cells) {
@@ -422,8 +448,9 @@ function renderFinetune(server) {
     const newest = models.find((m) => m.robot_id === state.selected && m.parent);
     const parent = newest && models.find((m) => m.version === newest.parent);
     if (newest && parent) {
-      drawMiouBars($("miou-chart"), ["rural", "urban", "regions"].map((k) => ({
-        label: k, before: parent.metrics[`miou_${k}`], after: newest.metrics[`miou_${k}`],
+      const before = newest.metrics_before || parent.metrics;
+      drawMiouBars($("miou-chart"), FIGURE_NAMES.filter(([k]) => newest.metrics[k] !== undefined).map(([k, label]) => ({
+        label, before: before[k], after: newest.metrics[k],
       })));
     }
   }

@@ -1,33 +1,57 @@
 // Hand-drawn canvas 2D charts: the live loss curve and mIoU before/after bars.
+// Each chart draws at its on-screen size (times the pixel ratio), so its text stays 12 px on a
+// phone as on a desktop, and draws again when its box changes width.
 
 const AXIS = "#8b949e";
 const GRID = "#30363d";
 const TEXT = "#c9d1d9";
+const ASPECT = 180 / 420; // height over width
+const MIN_HEIGHT = 150;
 
-function prepare(canvas) {
+const lastDraw = new WeakMap(); // canvas -> () => void, redrawn on resize
+const resizes = new ResizeObserver((entries) => {
+  for (const entry of entries) {
+    const canvas = entry.target;
+    const redraw = lastDraw.get(canvas);
+    if (redraw && Math.abs(canvas.clientWidth - (canvas.dataset.cssWidth || 0)) > 1) redraw();
+  }
+});
+
+function prepare(canvas, redraw) {
+  if (!lastDraw.has(canvas)) resizes.observe(canvas);
+  lastDraw.set(canvas, redraw);
+  const dpr = window.devicePixelRatio || 1;
+  const W = Math.max(160, Math.round(canvas.clientWidth || canvas.width));
+  const H = Math.max(MIN_HEIGHT, Math.round(W * ASPECT));
+  canvas.dataset.cssWidth = String(canvas.clientWidth || W);
+  canvas.width = Math.round(W * dpr);
+  canvas.height = Math.round(H * dpr);
   const ctx = canvas.getContext("2d");
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  ctx.font = "11px system-ui, sans-serif";
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, W, H);
+  ctx.font = "12px system-ui, sans-serif";
   ctx.fillStyle = TEXT;
-  return ctx;
+  return { ctx, W, H };
 }
 
-function message(ctx, canvas, text) {
+function message(ctx, W, H, text) {
   ctx.fillStyle = AXIS;
   ctx.textAlign = "center";
-  ctx.fillText(text, canvas.width / 2, canvas.height / 2);
+  ctx.font = "13px system-ui, sans-serif";
+  ctx.fillText(text, W / 2, H / 2);
+  ctx.font = "12px system-ui, sans-serif";
 }
 
 /** Loss per iteration as a polyline with a y axis from 0 to the largest loss seen. */
 export function drawLossChart(canvas, losses, iterations = 0) {
-  const ctx = prepare(canvas);
+  const { ctx, W, H } = prepare(canvas, () => drawLossChart(canvas, losses, iterations));
   if (!losses.length) {
-    message(ctx, canvas, "no fine-tuning yet");
+    message(ctx, W, H, "no fine-tuning yet");
     return;
   }
   const pad = { left: 40, right: 10, top: 10, bottom: 22 };
-  const w = canvas.width - pad.left - pad.right;
-  const h = canvas.height - pad.top - pad.bottom;
+  const w = W - pad.left - pad.right;
+  const h = H - pad.top - pad.bottom;
   const finite = losses.filter((v) => Number.isFinite(v));
   const ymax = Math.max(1e-6, ...finite) * 1.05;
   const n = Math.max(iterations, losses.length, 2);
@@ -43,9 +67,9 @@ export function drawLossChart(canvas, losses, iterations = 0) {
     ctx.fillText(((ymax * k) / 4).toFixed(2), pad.left - 4, y + 4);
   }
   ctx.textAlign = "center";
-  ctx.fillText("iteration", pad.left + w / 2, canvas.height - 4);
+  ctx.fillText("iteration", pad.left + w / 2, H - 4);
   ctx.textAlign = "left";
-  ctx.fillText(String(n), pad.left + w - 16, canvas.height - 4);
+  ctx.fillText(String(n), pad.left + w - 16, H - 4);
   ctx.strokeStyle = "#58a6ff";
   ctx.lineWidth = 1.5;
   ctx.beginPath();
@@ -66,14 +90,14 @@ export function drawLossChart(canvas, losses, iterations = 0) {
 
 /** Groups of {label, before, after} (fractions 0..1) as paired bars with percent labels. */
 export function drawMiouBars(canvas, groups) {
-  const ctx = prepare(canvas);
+  const { ctx, W, H } = prepare(canvas, () => drawMiouBars(canvas, groups));
   if (!groups.length) {
-    message(ctx, canvas, "mIoU appears after a fine-tune");
+    message(ctx, W, H, "mIoU appears after a fine-tune");
     return;
   }
-  const pad = { left: 34, right: 10, top: 18, bottom: 22 };
-  const w = canvas.width - pad.left - pad.right;
-  const h = canvas.height - pad.top - pad.bottom;
+  const pad = { left: 34, right: 10, top: 18, bottom: 34 };
+  const w = W - pad.left - pad.right;
+  const h = H - pad.top - pad.bottom;
   ctx.strokeStyle = GRID;
   ctx.textAlign = "right";
   for (let k = 0; k <= 4; k++) {
@@ -100,7 +124,12 @@ export function drawMiouBars(canvas, groups) {
     });
     ctx.fillStyle = TEXT;
     ctx.textAlign = "center";
-    ctx.fillText(g.label, pad.left + slot * i + slot / 2, canvas.height - 6);
+    // two lines ("held-out" / "regions") so neighbouring labels never run together
+    const words = String(g.label).split(" ");
+    const lines = words.length > 1 ? [words[0], words.slice(1).join(" ")] : words;
+    lines.forEach((line, k) => {
+      ctx.fillText(line, pad.left + slot * i + slot / 2, H - 20 + k * 13, slot - 4);
+    });
   });
   ctx.textAlign = "left";
   ctx.fillStyle = "#8b949e";

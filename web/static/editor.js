@@ -5,7 +5,7 @@
 
 import { bitmapLabels } from "./envelope.js";
 import { CLASS_NAMES, IGNORE, SHORTCUT_CLASSES, colorize, cssColor } from "./palette.js";
-import { growRegions } from "./regiongrow.js";
+import { edgeThreshold, growRegions } from "./regiongrow.js";
 
 const DRAFT_PREFIX = "ars-draft-";
 const MAX_UNDO = 50;
@@ -162,6 +162,7 @@ export class Editor {
       this.current = { ...summary, width: w, height: h, index };
       this.labels = draft || labels;
       this.seeds = new Uint8Array(w * h).fill(IGNORE);
+      this.edge = null; // computed from this crop on its first Fill
       this.undoStack = [];
       this.redoStack = [];
       this.polygon = [];
@@ -282,7 +283,13 @@ export class Editor {
       return;
     }
     const t0 = performance.now();
-    const grown = growRegions(this.pixels, this.current.width, this.current.height, this.seeds);
+    const { width: w, height: h } = this.current;
+    this.edge ??= edgeThreshold(this.pixels, w, h);
+    // "stop at edges" off: the scribbles relabel the whole crop (the editor's first Fill)
+    const local = $("fill-edges").checked;
+    const grown = local
+      ? growRegions(this.pixels, w, h, this.seeds, this.labels, this.edge)
+      : growRegions(this.pixels, w, h, this.seeds);
     this.pushUndo();
     for (let i = 0; i < grown.length; i++) if (grown[i] !== IGNORE) this.labels[i] = grown[i];
     this.changed();
