@@ -113,8 +113,9 @@ class GridSpreader:
     trees, fences) is elsewhere in the image too. The robot keeps one spreader for its whole
     stream (``robot.window = "spread"``): every frame's window is chosen as it is mined, so the
     candidate store keeps one crop per frame. The frames a selection later takes have their
-    windows spread too, but only roughly: on one seed of three of the former label-efficiency bench this fell
-    short of spreading the selected frames' windows (`spread_windows`) by 0.028 rural mIoU.
+    windows spread too, but only roughly: on one seed of three of the former label-efficiency
+    bench this fell short of spreading the selected frames' windows (`spread_windows`) by 0.028
+    rural mIoU.
     """
 
     def __init__(self, grid: int = 3) -> None:
