@@ -22,9 +22,9 @@ from typing import Any, Final, Literal
 
 import torch
 
+from common.classes import CLASS_NAMES
 from common.errors import ModelError
 from models.network import ARCHS, SegNet, build_model
-from simulator.palette import CLASS_NAMES
 
 logger = logging.getLogger(__name__)
 

@@ -1,79 +1,27 @@
-"""Labelled samples and the simulator sets: source replay (urban) and held-out frames.
+"""Where training samples come from: the sets a runner is given, and labelled regions.
 
-Frames are rendered at the camera size (640x480) and resized to the inference size exactly as
-the robot does (image bilinear with antialias, labels nearest), so the figures match deployment.
-Seed ranges never overlap: pretraining pool, replay set and held-out sets draw from their own.
+The replay and held-out sets are passed in (``SampleSets``; the simulator provides them from the
+entry points), so ``models`` renders nothing itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
-from PIL import Image
 
-from simulator.palette import IGNORE
+from common.classes import IGNORE
+from common.samples import LabeledSample, resize_sample
 
-CAMERA_HW: Final = (480, 640)
 INFER_HW: Final = (240, 320)
-# Disjoint seed ranges per use; 1,000,000 scenes each.
-POOL_SEEDS: Final = 0
-REPLAY_SEEDS: Final = 10_000_000
-HELDOUT_SEEDS: Final = 20_000_000
-_SPAN: Final = 1_000_000
 
 
-@dataclass(frozen=True)
-class LabeledSample:
-    """An RGB image (HxWx3 uint8) and its trainId mask (HxW uint8, 255 = ignore)."""
+class SampleSets(Protocol):
+    """Source-domain replay and held-out frames, resized to ``size`` (height, width)."""
 
-    image: np.ndarray
-    label: np.ndarray
+    def replay(self, n: int, size: tuple[int, int]) -> list[LabeledSample]: ...
 
-
-def resize_sample(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> LabeledSample:
-    """Resize to (height, width): image bilinear (antialiased by PIL), label nearest."""
-    h, w = size
-    if image.shape[:2] == (h, w):
-        return LabeledSample(image=image, label=label)
-    img = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
-    lbl = np.asarray(Image.fromarray(label).resize((w, h), Image.Resampling.NEAREST))
-    return LabeledSample(image=img, label=lbl)
-
-
-def render_samples(
-    domain: str,
-    seeds: range | list[int],
-    size: tuple[int, int] = INFER_HW,
-    camera_hw: tuple[int, int] = CAMERA_HW,
-) -> list[LabeledSample]:
-    """Render one independent simulator scene per seed and resize it to `size`."""
-    from simulator.scene import render_frame  # deferred: keeps `import models` light
-
-    out = []
-    for s in seeds:
-        frame = render_frame(domain, int(s), width=camera_hw[1], height=camera_hw[0])
-        out.append(resize_sample(frame.image, frame.label, size))
-    return out
-
-
-def source_replay_set(
-    n: int, seed: int = 0, size: tuple[int, int] = INFER_HW
-) -> list[LabeledSample]:
-    """Urban (old-domain) frames with full labels: the replay guard against forgetting."""
-    start = REPLAY_SEEDS + (seed % 1000) * 1000
-    return render_samples("urban", range(start, start + n), size)
-
-
-def heldout_set(
-    domain: str, n: int, seed: int = 0, size: tuple[int, int] = INFER_HW
-) -> list[LabeledSample]:
-    """Held-out frames of a domain, never used for training."""
-    if domain not in ("urban", "rural"):
-        raise ValueError(f"unknown domain {domain!r}; expected urban or rural")
-    start = HELDOUT_SEEDS + (_SPAN if domain == "rural" else 0) + (seed % 1000) * 1000
-    return render_samples(domain, range(start, start + n), size)
+    def heldout(self, domain: str, n: int, size: tuple[int, int]) -> list[LabeledSample]: ...
 
 
 def region_sample(

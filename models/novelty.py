@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.data import INFER_HW, LabeledSample
+from common.samples import LabeledSample
+from models.data import INFER_HW
 from models.network import SegNet, preprocess
 
 __all__ = ["Prototypes", "class_prototypes", "features_and_logits", "novelty_map"]

@@ -32,6 +32,7 @@ from common.schemas import (
     validate,
 )
 from common.topics import Topics
+from models.data import SampleSets
 from server_agent.annotation import Annotation
 from server_agent.finetune import RESTART_REASON, FinetuneRunner
 from server_agent.intake import RegionIntake
@@ -54,6 +55,7 @@ class ServerAgent:
         self,
         settings: Settings,
         *,
+        sets: SampleSets,
         base_checkpoint: Path | None = None,
         client_id: str = "ars-server",
         transfer_idle_timeout: float | None = None,
@@ -92,6 +94,7 @@ class ServerAgent:
             self.store,
             self.outbox,
             settings.server,
+            sets=sets,
             base_checkpoint=base_checkpoint or settings.server.base_model,
         )
         extra = {} if transfer_idle_timeout is None else {"idle_timeout": transfer_idle_timeout}

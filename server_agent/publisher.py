@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from common.chunking import split_chunks
+from common.classes import CLASS_NAMES
 from common.config import Settings
 from common.envelope import encode
 from common.errors import CommandRejected, ProtocolError, StorageError
@@ -26,7 +27,6 @@ from common.schemas import ChunkHeader, Command, ModelOffer, ModelStatus, RobotS
 from server_agent.gate import judge
 from server_agent.outbox import Outbox
 from server_agent.store import Store, VersionRow
-from simulator.palette import CLASS_NAMES
 
 logger = logging.getLogger(__name__)
 

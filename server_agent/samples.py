@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, overload
 import numpy as np
 from PIL import Image
 
+from common.classes import IGNORE
 from common.images import decode_mask, decode_rgb
-from models.training import LabeledSample
+from common.samples import LabeledSample
 
 if TYPE_CHECKING:
     from server_agent.store import RegionRow, Store
-
-IGNORE = 255
 
 
 def region_training_sample(

@@ -30,6 +30,7 @@ from robot_agent.agent import RobotAgent
 from robot_agent.model_store import ModelFiles
 from server_agent.agent import ServerAgent
 from server_agent.finetune import RESTART_REASON
+from simulator.sets import SimulatorSets
 from tests.conftest import BrokerHandle
 from tests.fault_helpers import (
     end,
@@ -102,7 +103,9 @@ async def test_robot_sigkill_during_model_swap_runs_last_good_model(
     outcomes = []
     async with (
         LoopOperator(broker) as op,
-        ServerAgent(robot_settings_server(broker, tmp_path), base_checkpoint=base) as server,
+        ServerAgent(
+            robot_settings_server(broker, tmp_path), sets=SimulatorSets(), base_checkpoint=base
+        ) as server,
     ):
         await server.wait_connected()
         proc = await spawn_cli(argv, log)

@@ -19,6 +19,7 @@ from common.schemas import Event
 from common.topics import Topics
 from robot_agent.agent import RobotAgent
 from server_agent.agent import ServerAgent
+from simulator.sets import SimulatorSets
 from tests.conftest import BrokerHandle
 from tests.fault_helpers import corpus, raw_envelope, tree_digest
 from tests.loop_helpers import LoopOperator
@@ -72,7 +73,7 @@ async def _run(
     }
     async with (
         LoopOperator(broker) as op,
-        ServerAgent(ss, base_checkpoint=rs.robot.model) as server,
+        ServerAgent(ss, sets=SimulatorSets(), base_checkpoint=rs.robot.model) as server,
         RobotAgent(rs) as robot,
     ):
         await server.wait_connected()

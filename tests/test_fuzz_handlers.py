@@ -35,6 +35,7 @@ from common.schemas import ROBOT_COMMANDS, SERVER_COMMANDS
 from common.topics import Topics
 from robot_agent.agent import RobotAgent
 from server_agent.agent import ServerAgent
+from simulator.sets import SimulatorSets
 from tests.conftest import BrokerHandle
 from tests.fault_helpers import bomb_png, corpus, raw_envelope, tree_digest
 from tests.test_robot_support import operator as robot_operator
@@ -374,7 +375,7 @@ async def test_server_handlers_refuse_bad_payloads(
     for i, pair in enumerate(pairs):
         h = {**header.model_dump(mode="json"), "type": "region", "region_id": f"bad-{i}"}
         plan["regions"][1].append(raw_envelope(h, pair))
-    async with ServerAgent(ss, base_checkpoint=base) as server:
+    async with ServerAgent(ss, sets=SimulatorSets(), base_checkpoint=base) as server:
         await server.wait_connected()
         # one real region, so get_region/submit_annotation have something to refuse against
         real, rc, rm = make_region(region_id="real-1")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from common.errors import ModelError
-from models.data import region_sample, resize_sample
+from common.samples import resize_sample
+from models.data import region_sample
 from models.network import ARCHS, MEAN, STD, build_model, predict, preprocess
 from models.transforms import random_pair
 

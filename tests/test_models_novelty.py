@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import LabeledSample
+from common.samples import LabeledSample
 from models.network import build_model
 from models.novelty import Prototypes, class_prototypes, features_and_logits, novelty_map
 

@@ -9,6 +9,7 @@ import numpy as np
 from common.images import decode_mask, encode_png
 from common.schemas import ServerState
 from server_agent.agent import ServerAgent
+from simulator.sets import SimulatorSets
 from tests.conftest import BrokerHandle
 from tests.test_server_util import (
     RID,
@@ -38,7 +39,7 @@ async def test_annotation_session_order_validation_and_restart(
 ) -> None:
     settings = server_settings(broker, tmp_path / "server")
     async with operator(broker) as op:
-        async with ServerAgent(settings) as server:
+        async with ServerAgent(settings, sets=SimulatorSets()) as server:
             await server.wait_connected()
             # out of order: nothing to annotate yet, no session to stop
             ev = await op.final(RID, "start_annotation")
@@ -99,7 +100,7 @@ async def test_annotation_session_order_validation_and_restart(
             assert state.annotation.done == 2 and state.annotated == 1 and state.regions == 4
 
         # restart: the session and the annotation survive
-        async with ServerAgent(settings) as server:
+        async with ServerAgent(settings, sets=SimulatorSets()) as server:
             await server.wait_connected()
             header, parts = await op.request("get_region", {"region_id": hardest})
             assert header["annotated"] is True

@@ -71,3 +71,23 @@ def test_js_region_growing_follows_colour_edges() -> None:
     assert result["order"] == [0, 1, 1.5, 4, 5, 9]
     rows = [result["labels"][y * 8 : (y + 1) * 8] for y in range(5)]
     assert all(row == [8] * 5 + [13] * 3 for row in rows)
+
+
+def test_js_palette_takes_the_hello_class_list() -> None:
+    """palette.js holds no class list of its own: the hello's names and colours fill it."""
+    from web.ws import hello_classes
+
+    classes = hello_classes()
+    result = run_js(
+        f"import * as P from '{(STATIC / 'palette.js').as_uri()}';\n"
+        "const before = P.CLASS_NAMES.length;\n"
+        f"P.setClasses({json.dumps(classes)});\n"
+        "console.log(JSON.stringify({before, names: P.CLASS_NAMES, car: P.cssColor(13),"
+        " ignore: P.IGNORE}));"
+    )
+    assert result == {
+        "before": 0,
+        "names": classes["names"],
+        "car": "rgb(0, 0, 142)",
+        "ignore": 255,
+    }

@@ -12,6 +12,7 @@ from aiohttp import WSCloseCode, WSMsgType
 from PIL import Image
 
 from common import envelope
+from common.classes import CLASS_NAMES, IGNORE, PALETTE
 from common.mqtt import MqttLink
 from common.schemas import Command, Event, PreviewHeader, RobotState, ServerState
 from tests.test_web_helpers import (
@@ -121,6 +122,9 @@ async def test_state_and_events_relayed_with_catch_up(aiohttp_client: Any, broke
         ws = await client.ws_connect("/ws")
         hello = await recv_type(ws, "hello")
         assert "start_segmentation" in hello["commands"] and "rollback" in hello["commands"]
+        classes = hello["classes"]  # the page draws with the server's class list, not its own
+        assert classes["names"] == list(CLASS_NAMES) and classes["ignore"] == IGNORE
+        assert classes["colours"] == PALETTE.tolist() and classes["colours"][13] == [0, 0, 142]
         snap = await recv_type(ws, "robot_state")  # catch-up snapshot
         assert snap["robot_id"] == "rover1" and snap["state"]["fps"] == 4.5
         assert snap["state"]["candidates"] == 7 and snap["state"]["segmenting"] is True

@@ -53,10 +53,10 @@ from common.config import Settings
 if TYPE_CHECKING:
     import numpy as np
 
+    from common.samples import LabeledSample
     from models.mining import MiningResult
     from models.network import SegNet
     from models.novelty import Prototypes
-    from models.training import LabeledSample
     from simulator.drive import Drive
 
 logger = logging.getLogger(__name__)
@@ -380,9 +380,9 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         select_random,
         select_top,
     )
-    from models.training import heldout_set, source_replay_set
     from server_agent.samples import region_training_sample
     from simulator.drive import Drive
+    from simulator.sets import heldout_set, source_replay_set
 
     start = time.perf_counter()
     torch.set_num_threads(args.threads)

@@ -29,7 +29,7 @@
 import { drawLossChart, drawMiouBars } from "./charts.js";
 import { Editor } from "./editor.js";
 import { bitmapLabels, decodeImage, parseEnvelope } from "./envelope.js";
-import { CLASS_NAMES, colorize, cssColor } from "./palette.js";
+import { CLASS_NAMES, colorize, cssColor, setClasses } from "./palette.js";
 
 const $ = (id) => document.getElementById(id);
 const LEVELS = { debug: 0, info: 1, warning: 2, error: 3 };
@@ -331,6 +331,7 @@ async function drawPreview(env) {
 
 function buildLegend() {
   const legend = $("legend");
+  legend.replaceChildren();
   CLASS_NAMES.forEach((name, cls) => {
     const li = document.createElement("li");
     li.dataset.class = String(cls);
@@ -452,6 +453,9 @@ function syncEditor() {
 function onMessage(msg) {
   switch (msg.type) {
     case "hello":
+      setClasses(msg.classes);
+      buildLegend();
+      editor.buildPalette();
       logLine("info", "web", `connected (${msg.mqtt_connected ? "broker up" : "broker not reached yet"})`);
       break;
     case "robot_state":
@@ -517,7 +521,6 @@ function onLinkStatus(status, wait) {
 const link = new Link(onMessage, onPreview, onLinkStatus);
 
 // --- wiring -----------------------------------------------------------------------------
-buildLegend();
 drawLossChart($("loss-chart"), []);
 drawMiouBars($("miou-chart"), []);
 for (const cmd of BUTTON_CMDS) $(`btn-${cmd}`).addEventListener("click", () => sendCommand(cmd));
