@@ -2,9 +2,9 @@
 
 One rural Drive is mined exactly as the robot mines it (low-resolution logits at the robot's
 inference size, ``models.mining.mine``), regions become training samples by the server's rule
-(``server_agent.samples``), labels come from the oracle annotator, and every row fine-tunes a
-fresh copy of the base model with the server's recipe (``models.training.finetune``, same
-iterations, optimizer, replay and seed), then is evaluated on held-out rural and urban frames
+(``models.data.region_training_sample``), labels come from the oracle annotator, and every row
+fine-tunes a fresh copy of the base model with the server's recipe (``models.training.finetune``,
+same iterations, optimizer, replay and seed), then is evaluated on held-out rural and urban frames
 of seeds disjoint from the drive's. Rows:
 
 - ``base``: no fine-tuning;
@@ -181,7 +181,7 @@ def region_samples(
     train_hw: tuple[int, int],
 ) -> list[LabeledSample]:
     """(frame id, crop, box, frame HxW) -> oracle-labeled training samples (server's rule)."""
-    from server_agent.samples import region_training_sample
+    from models.data import region_training_sample
     from simulator.oracle import OracleAnnotator
 
     oracle = OracleAnnotator(cache_size=4)
@@ -370,6 +370,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
     from models.coreset import grid_cells, select_kcenter
+    from models.data import region_training_sample
     from models.mining import window_size
     from models.novelty import class_prototypes
     from models.selection import (
@@ -380,7 +381,6 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         select_random,
         select_top,
     )
-    from server_agent.samples import region_training_sample
     from simulator.drive import Drive
     from simulator.sets import heldout_set, source_replay_set
 
