@@ -19,8 +19,8 @@ import aiomqtt
 import numpy as np
 from tqdm import tqdm
 
-from ars.commands.connect import client_mqtt
 from common.config import Settings
+from common.credentials import client_mqtt
 from common.envelope import MAGIC, decode, encode
 from common.errors import ArsError, ProtocolError
 from common.ids import check_id

@@ -9,8 +9,8 @@ import sys
 import time
 import uuid
 
-from ars.commands.connect import client_mqtt
 from common.config import Settings
+from common.credentials import client_mqtt
 from common.errors import ProtocolError
 from common.ids import check_id
 from common.mqtt import MqttLink

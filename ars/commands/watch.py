@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import uuid
 
-from ars.commands.connect import client_mqtt
 from ars.commands.send import format_event
 from common.config import Settings
+from common.credentials import client_mqtt
 from common.errors import ProtocolError
 from common.ids import check_id
 from common.mqtt import MqttLink
