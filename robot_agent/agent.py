@@ -139,7 +139,7 @@ class RobotAgent:
         ]
         if isinstance(self.source, MqttSource):
             subs.append((self.source.topic, 0))
-            own = f"{self.settings.prefix}/robots/{self.rid}/"
+            own = t.robot_root(self.rid)
             if not self.source.topic.startswith(own):
                 logger.warning(
                     "robot %s: camera topic %s is outside %s; the broker ACL lets robot-%s "

@@ -77,7 +77,7 @@ class Outbox:
     def reply_topic(self, command: Command) -> str:
         """The request's reply topic; only ``<prefix>/server/reply/<client>`` is allowed."""
         topic = command.reply_to
-        head = f"{self.topics.prefix}/server/reply/"
+        head = self.topics.server_reply_root
         if not topic or not topic.startswith(head):
             raise ProtocolError(f"{command.cmd}: reply_to must be a topic under {head}")
         self.topics.server_reply(topic[len(head) :])  # validates the client id

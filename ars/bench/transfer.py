@@ -54,13 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --- raw baseline ---------------------------------------------------------------------------
-def raw_push(url_pub: str, url_sub: str, port: int, total: int, chunk: int) -> float:
+def raw_push(url_pub: str, url_sub: str, port: int, topic: str, total: int, chunk: int) -> float:
     """Seconds from the first publish to the last chunk received (paho, QoS1, 16 in flight)."""
     import paho.mqtt.client as paho
 
     from common.mqtt import parse_broker_url
 
-    topic = f"ars/robots/{RAW_RID}/model/chunk"
     payload = os.urandom(chunk)
     n = -(-total // chunk)
     got = threading.Event()
@@ -113,7 +112,13 @@ def raw_push(url_pub: str, url_sub: str, port: int, total: int, chunk: int) -> f
 async def raw_seconds(b: Broker, total: int, chunk: int, repeats: int) -> float:
     times = [
         await asyncio.to_thread(
-            raw_push, b.url("server"), b.url(f"robot-{RAW_RID}"), b.port, total, chunk
+            raw_push,
+            b.url("server"),
+            b.url(f"robot-{RAW_RID}"),
+            b.port,
+            b.topics.model_chunk(RAW_RID),
+            total,
+            chunk,
         )
         for _ in range(repeats)
     ]
@@ -167,9 +172,9 @@ async def one_transfer(
     async with make_client(
         MqttSettings(url=b.url("operator")), client_id=f"bench-op-{os.getpid()}"
     ) as op:
-        await op.publish(f"ars/robots/{RID}/cmd", command.to_json(), qos=1)
-    offer_topic = f"ars/robots/{RID}/model/offer"
-    status_topic = f"ars/robots/{RID}/model/status"
+        await op.publish(b.topics.robot_cmd(RID), command.to_json(), qos=1)
+    offer_topic = b.topics.model_offer(RID)
+    status_topic = b.topics.model_status(RID)
 
     def is_offer(topic: str, payload: bytes) -> Any:
         d = json_obj(payload) if topic == offer_topic else None
@@ -187,7 +192,7 @@ async def one_transfer(
     if final["state"] != "active":
         raise RuntimeError(f"robot refused {version}: {final}")
     await asyncio.sleep(1.0 if segmenting else 0.2)
-    chunk_topic = f"ars/robots/{RID}/model/chunk"
+    chunk_topic = b.topics.model_chunk(RID)
     # phases: chunks out (offer to the last chunk the observer sees), the robot's assembly and
     # verification (to its "verified"), then load, dry run, persist and swap (to "active")
     t_last_chunk = t_offer
@@ -241,34 +246,40 @@ async def one_transfer(
 
 
 async def on_broker(
-    kind: str, args: argparse.Namespace, work: Path, ckpts: dict[str, Path], base: Path
+    kind: str,
+    args: argparse.Namespace,
+    work: Path,
+    ckpts: dict[str, Path],
+    base: Path,
+    prefix: str,
 ) -> dict[str, Any]:
     import robot_agent.agent  # noqa: F401 (torch import before timing)
     from robot_agent.agent import RobotAgent
 
     arch = "tiny" if args.tiny else args.arch
     out: dict[str, Any] = {}
-    async with broker(kind, work / kind, [RID, RAW_RID]) as b:
+    async with broker(kind, work / kind, [RID, RAW_RID], prefix) as b:
         server_dir = work / kind / "server"
         server = await spawn(
             "server", ["server", "--data-dir", str(server_dir), "--base-model", str(base),
                        "--no-gate"],
-            work / kind / "logs", env={"ARS_MQTT__URL": b.url("server")},
+            work / kind / "logs", env=b.env("server"),
         )  # fmt: skip
-        obs = Observer([f"ars/robots/{RID}/model/#", "ars/server/events", "ars/server/state"])
+        topics = b.topics
+        obs = Observer([topics.robot(RID, "model/#"), topics.server_events, topics.server_state])
         ready = asyncio.Event()
         obs_task = asyncio.create_task(obs.run(MqttSettings(url=b.url("operator")), ready))
         try:
             await asyncio.wait_for(ready.wait(), 10)
 
             def server_online(topic: str, payload: bytes) -> Any:
-                d = json_obj(payload) if topic == "ars/server/state" else None
+                d = json_obj(payload) if topic == topics.server_state else None
                 return d if d and d.get("online") else None
 
             await obs.wait(server_online, 0, timeout=90)
             settings = load_settings(
                 None, environ={},
-                overrides={"data_dir": str(work / kind / "robot"),
+                overrides={"data_dir": str(work / kind / "robot"), "prefix": prefix,
                            "mqtt": {"url": b.url(f"robot-{RID}")},
                            "robot": {"source": "sim:rural", "model": str(base),
                                      **({"infer_width": 160, "infer_height": 120}
@@ -326,7 +337,7 @@ async def on_broker(
     return out
 
 
-async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, Any]:
     arch = "tiny" if args.tiny else args.arch
     base = untrained_checkpoint(work / "base.pt", arch=arch, dtype="fp16", version="bench-base")
     ckpts = {
@@ -340,9 +351,9 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         kinds.remove("mosquitto")
     result: dict[str, Any] = {"arch": arch, "chunk_size": 256 * 1024}
     for kind in kinds:
-        result[kind] = await on_broker(kind, args, work, ckpts, base)
+        result[kind] = await on_broker(kind, args, work, ckpts, base, prefix)
     if "mosquitto" not in kinds and mosquitto_binary() is not None and not args.tiny:
-        async with broker("mosquitto", work / "mosq-raw", [RID, RAW_RID]) as b:
+        async with broker("mosquitto", work / "mosq-raw", [RID, RAW_RID], prefix) as b:
             result["mosquitto_raw"] = {
                 dtype: r(await raw_seconds(b, p.stat().st_size, 256 * 1024, args.repeats), 3)
                 for dtype, p in ckpts.items()
@@ -370,7 +381,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         args.repeats = 1
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="ars-bench-transfer-") as tmp:
-        result = asyncio.run(_run(args, Path(tmp)))
+        result = asyncio.run(_run(args, Path(tmp), settings.prefix))
     a = result["amqtt"]["fp32" if not args.tiny else "fp16"]
     result["targets"] = {
         "over_raw_at_most_1.25": bool(a["over_raw"] <= 1.25),
