@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from common.errors import ArsError, CommandRejected, ProtocolError
 from common.ids import is_safe_id
 from common.schemas import ROBOT_COMMANDS, SERVER_COMMANDS, Command, parse_json
+from common.seen import SeenIds
 
 if TYPE_CHECKING:
     from robot_agent.agent import RobotAgent
@@ -41,7 +41,7 @@ class RobotCommands:
 
     def __init__(self, agent: RobotAgent) -> None:
         self.agent = agent
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen = SeenIds(SEEN_COMMANDS)
         self._handlers: dict[str, Callable[[Command], Awaitable[None]]] = {
             "start_segmentation": self.start_segmentation,
             "stop_segmentation": self.stop_segmentation,
@@ -63,12 +63,9 @@ class RobotCommands:
             return
         if cmd.cmd in SERVER_COMMANDS:
             return
-        if cmd.id in self._seen:
+        if not self._seen.first_time(cmd.id):
             logger.info("robot %s: duplicate command %s ignored", agent.rid, cmd.id)
             return
-        self._seen[cmd.id] = None
-        while len(self._seen) > SEEN_COMMANDS:
-            self._seen.popitem(last=False)
         handler = self._handlers.get(cmd.cmd)
         try:
             if handler is None:

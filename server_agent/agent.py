@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -31,6 +30,7 @@ from common.schemas import (
     parse_json,
     validate,
 )
+from common.seen import SeenIds
 from common.topics import Topics
 from models.data import SampleSets
 from server_agent.annotation import Annotation
@@ -101,7 +101,7 @@ class ServerAgent:
         self.publisher = ModelPublisher(self.store, self.outbox, settings, **extra)
         self._dirty = asyncio.Event()
         self._online = True
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen = SeenIds(SEEN_COMMANDS)
         self._tasks: list[asyncio.Task[None]] = []
         self._recovered: list[tuple[str, str, str]] = []
 
@@ -218,21 +218,13 @@ class ServerAgent:
         elif leaf == "state":
             await self.publisher.on_state(rid, topic, payload)
 
-    def _first_time(self, command_id: str) -> bool:
-        if command_id in self._seen:
-            return False
-        self._seen[command_id] = None
-        while len(self._seen) > SEEN_COMMANDS:
-            self._seen.popitem(last=False)
-        return True
-
     async def _command(self, rid: str, topic: str, payload: bytes) -> None:
         """A button on ``robots/{rid}/cmd``: server commands only; the robot answers the rest."""
         try:
             command = parse_json(Command, payload, where=topic)
         except ProtocolError:
             return  # the robot answers invalid commands (exactly one answer)
-        if command.cmd not in SERVER_COMMANDS or not self._first_time(command.id):
+        if command.cmd not in SERVER_COMMANDS or not self._seen.first_time(command.id):
             return
         handlers = {
             "start_annotation": self.annotation.start,
