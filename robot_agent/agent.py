@@ -58,13 +58,6 @@ logger = logging.getLogger(__name__)
 STATE_INTERVAL_S = 1.0
 
 
-def _payload_bytes(message: aiomqtt.Message) -> bytes:
-    payload = message.payload
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    return b"" if payload is None else str(payload).encode()
-
-
 class RobotAgent:
     """``async with RobotAgent(settings) as robot: ...``: runs until the block exits."""
 
@@ -377,9 +370,7 @@ class RobotAgent:
             t.model_offer(self.rid): self.updater.on_offer,
             t.model_chunk(self.rid): self.updater.on_chunk,
         }
-        async for message in self.link.messages():
-            topic = message.topic.value
-            payload = _payload_bytes(message)
+        async for topic, payload in self.link.messages():
             if isinstance(self.source, MqttSource) and topic == self.source.topic:
                 self.source.feed(payload)
                 continue

@@ -188,11 +188,9 @@ class ServerAgent:
 
     # --- dispatch --------------------------------------------------------------------------
     async def _dispatch(self) -> None:
-        async for message in self.link.messages():
-            topic = str(message.topic)
-            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        async for topic, payload in self.link.messages():
             try:
-                await self._route(topic, bytes(payload))
+                await self._route(topic, payload)
             except ArsError as exc:
                 with contextlib.suppress(Exception):
                     await self.outbox.error(topic, str(exc))

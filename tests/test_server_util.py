@@ -83,9 +83,8 @@ class Peer:
         await self.link.__aexit__(et, e, tb)
 
     async def _pump(self) -> None:
-        async for message in self.link.messages():
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            self.received.append((str(message.topic), payload))
+        async for topic, payload in self.link.messages():
+            self.received.append((topic, payload))
             self._new.set()
 
     async def wait_for(

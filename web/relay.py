@@ -136,13 +136,9 @@ class Relay:
     # --- MQTT -> browsers ------------------------------------------------------------------
     async def run(self) -> None:
         """The one reader task: route every message, never awaiting a browser."""
-        async for message in self.link.messages():
-            topic = str(message.topic)
-            payload = message.payload
-            if not isinstance(payload, bytes | bytearray):
-                payload = str(payload or "").encode()
+        async for topic, payload in self.link.messages():
             try:
-                self.route(topic, bytes(payload))
+                self.route(topic, payload)
                 self.received += 1
             except ProtocolError as exc:
                 self.rejected += 1

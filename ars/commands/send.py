@@ -70,13 +70,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                     return 1
                 return status
             try:
-                message = await asyncio.wait_for(anext(messages), remaining)
+                _, payload = await asyncio.wait_for(anext(messages), remaining)
             except TimeoutError:
                 continue
             try:
-                event = parse_json(
-                    Event, message.payload if isinstance(message.payload, bytes) else b""
-                )
+                event = parse_json(Event, payload)
             except ProtocolError:
                 continue
             if event.ref != command.id:

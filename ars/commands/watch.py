@@ -56,12 +56,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     async with MqttLink(
         client_mqtt(settings), client_id=f"ars-watch-{uuid.uuid4().hex[:8]}", subscriptions=subs
     ) as link:
-        async for message in link.messages():
-            payload = message.payload if isinstance(message.payload, bytes) else b""
+        async for topic, payload in link.messages():
             try:
-                line = describe(str(message.topic), payload, topics, rid)
+                line = describe(topic, payload, topics, rid)
             except ProtocolError as exc:
-                line = f"invalid  {message.topic}: {exc}"
+                line = f"invalid  {topic}: {exc}"
             if line:
                 print(line, flush=True)
             seen += 1
