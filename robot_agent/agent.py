@@ -3,7 +3,8 @@ composed around one MQTT link and one dispatcher.
 
 Tasks: the dispatcher (one handler per topic), the camera (pulls frames while segmenting into a
 latest-wins mailbox), the inference worker, and a 1 s state heartbeat while segmenting.
-Commands are answered by ``robot_agent.commands``.
+Commands are answered by ``robot_agent.commands``; everything the robot says goes through its
+outbox (``robot_agent.outbox``).
 """
 
 from __future__ import annotations
@@ -25,12 +26,7 @@ from common.config import Settings
 from common.errors import ArsError, ProtocolError
 from common.mqtt import MqttLink
 from common.schemas import (
-    Command,
-    Event,
-    EventKind,
-    Level,
     ModelRef,
-    ModelStatus,
     RegionsAck,
     RobotState,
     parse_json,
@@ -50,6 +46,7 @@ from robot_agent.inference import (
 from robot_agent.mailbox import LatestMailbox
 from robot_agent.model_store import ModelFiles
 from robot_agent.model_update import ModelUpdater
+from robot_agent.outbox import RobotOutbox
 from robot_agent.sources import CameraFrame, FrameSource, MqttSource, open_source
 from robot_agent.transfer import DataTransfer
 
@@ -94,7 +91,8 @@ class RobotAgent:
         self.link: MqttLink
         self.transfer: DataTransfer
         self.updater: ModelUpdater
-        self.commands = RobotCommands(self)
+        self.outbox: RobotOutbox
+        self.commands: RobotCommands
 
     # --- lifetime ------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -155,6 +153,7 @@ class RobotAgent:
             on_connect=self._on_connect,
             max_inflight=16,
         )
+        self.outbox = RobotOutbox(self.link, t, self.rid, self._state)
         self.transfer = DataTransfer(
             link=self.link,
             topics=t,
@@ -174,9 +173,17 @@ class RobotAgent:
             model_key=self.settings.model_key,
             resend_timeout=self.settings.server.resend_timeout_s,
             max_payload_bytes=self.settings.mqtt.max_payload_bytes,
-            status=self._publish_status,
+            status=self.outbox.status,
             event=self._updater_event,
             changed=self.publish_state,
+        )
+        self.commands = RobotCommands(
+            self.outbox,
+            segmentation=self,
+            store=self.store,
+            transfer=self.transfer,
+            updater=self.updater,
+            spawn=self.spawn,
         )
         await self._stack.enter_async_context(self.link)
         self._stack.push_async_callback(self._shutdown)
@@ -252,55 +259,20 @@ class RobotAgent:
             started=self.started,
         )
 
-    async def _publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
-    ) -> None:
-        """Publish; a broker away for longer than the publish timeout is logged, not raised,
-        so no handler loop dies of it (the link reconnects and the next state catches up)."""
-        try:
-            await self.link.publish(topic, payload, qos=qos, retain=retain)
-        except TimeoutError as exc:
-            logger.warning("robot %s: dropped a message for %s: %s", self.rid, topic, exc)
-
     async def publish_state(self) -> None:
-        await self._publish(self.topics.robot_state(self.rid), self._state().to_json(), retain=True)
+        await self.outbox.state()
 
     async def _on_connect(self, link: MqttLink) -> None:
         await self.publish_state()
 
-    async def event(
-        self,
-        kind: EventKind,
-        msg: str,
-        *,
-        level: Level = "info",
-        cmd: Command | None = None,
-        ref: str | None = None,
-        name: str | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        evt = Event(
-            source=f"robot:{self.rid}",
-            level=level,
-            kind=kind,
-            msg=msg[:4096],
-            ref=cmd.id if cmd is not None else ref,
-            cmd=cmd.cmd if cmd is not None else name,
-            data=data or {},
-        )
-        await self._publish(self.topics.robot_events(self.rid), evt.to_json())
-
     async def _error(self, msg: str) -> None:
-        await self.event("error", msg, level="error")
+        await self.outbox.error(msg)
 
     async def _updater_event(self, level: str, msg: str) -> None:
         if level == "error":
-            await self.event("error", msg, level="error")
+            await self.outbox.error(msg)
         else:
-            await self.event("info", msg)
-
-    async def _publish_status(self, status: ModelStatus) -> None:
-        await self._publish(self.topics.model_status(self.rid), status.to_json())
+            await self.outbox.event("info", msg)
 
     # --- camera and inference --------------------------------------------------------------------
     async def _camera(self) -> None:
@@ -337,7 +309,7 @@ class RobotAgent:
             return
         self.frames += 1
         if preview is not None:
-            await self.link.publish(self.topics.robot_preview(self.rid), preview, qos=0)
+            await self.outbox.preview(preview)
 
     def _keep(self, result: FrameResult, want_preview: bool) -> bytes | None:
         """Blocking: store the frame's candidate and, when due, encode its preview."""
@@ -395,6 +367,10 @@ class RobotAgent:
             logger.info("robot %s: ack for transfer %s not awaited", self.rid, ack.transfer_id)
 
     # --- segmentation ----------------------------------------------------------------------------
+    @property
+    def source_description(self) -> str:
+        return self.source.description
+
     async def begin_segmentation(self) -> None:
         self.segmenting = True
         self.slot.frames_flowing = True
