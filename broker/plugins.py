@@ -19,6 +19,7 @@ from amqtt.session import Session
 
 from broker.credentials import ADMIN_USERS, read_password_file, verify_password
 from common.errors import ArsError
+from common.router import topic_matches
 from common.topics import ROBOT_PUBLISHES, Topics
 
 logger = logging.getLogger(__name__)
@@ -52,17 +53,6 @@ class ArsAuthPlugin(BaseAuthPlugin):
         if not ok:
             logger.warning("mqtt auth refused: bad password for %r", username)
         return ok
-
-
-def topic_matches(topic: str, pattern: str) -> bool:
-    """MQTT filter matching (``+`` one level, ``#`` the rest)."""
-    t, p = topic.split("/"), pattern.split("/")
-    for i, part in enumerate(p):
-        if part == "#":
-            return True
-        if i >= len(t) or (part != "+" and part != t[i]):
-            return False
-    return len(t) == len(p)
 
 
 class ArsTopicPlugin(BaseTopicPlugin):

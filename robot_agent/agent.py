@@ -25,6 +25,7 @@ import torch
 from common.config import Settings
 from common.errors import ArsError, ProtocolError
 from common.mqtt import MqttLink
+from common.router import Router
 from common.schemas import (
     ModelRef,
     RegionsAck,
@@ -53,6 +54,8 @@ from robot_agent.transfer import DataTransfer
 logger = logging.getLogger(__name__)
 
 STATE_INTERVAL_S = 1.0
+#: A message handler: (payload, topic).
+Handler = Callable[[bytes, str], Awaitable[None]]
 
 
 class RobotAgent:
@@ -334,22 +337,26 @@ class RobotAgent:
                 await self.publish_state()
 
     # --- dispatcher ------------------------------------------------------------------------------
-    async def _dispatch(self) -> None:
+    def routes(self) -> Router[Handler]:
+        """One handler per topic the robot subscribes to."""
         t = self.topics
-        routes: dict[str, Callable[[bytes, str], Awaitable[None]]] = {
-            t.robot_cmd(self.rid): self.commands.on_payload,
-            t.robot_regions_ack(self.rid): self._on_ack,
-            t.model_offer(self.rid): self.updater.on_offer,
-            t.model_chunk(self.rid): self.updater.on_chunk,
-        }
+        router: Router[Handler] = Router()
+        if isinstance(self.source, MqttSource):
+            router.add(self.source.topic, self._feed)
+        router.add(t.robot_cmd(self.rid), self.commands.on_payload)
+        router.add(t.robot_regions_ack(self.rid), self._on_ack)
+        router.add(t.model_offer(self.rid), self.updater.on_offer)
+        router.add(t.model_chunk(self.rid), self.updater.on_chunk)
+        return router
+
+    async def _dispatch(self) -> None:
+        router = self.routes()
         async for topic, payload in self.link.messages():
-            if isinstance(self.source, MqttSource) and topic == self.source.topic:
-                self.source.feed(payload)
-                continue
-            handler = routes.get(topic)
-            if handler is None:
+            found = router.match(topic)
+            if found is None:
                 logger.debug("robot %s: no handler for %s", self.rid, topic)
                 continue
+            handler, _ = found
             try:
                 await handler(payload, topic)
             except ArsError as exc:
@@ -358,6 +365,11 @@ class RobotAgent:
             except Exception as exc:  # a handler bug must not kill the dispatcher
                 logger.exception("robot %s: handler for %s failed", self.rid, topic)
                 await self._error(f"handler for {topic} failed: {exc.__class__.__name__}: {exc}")
+
+    async def _feed(self, payload: bytes, topic: str) -> None:
+        """A camera frame from an MQTT source."""
+        if isinstance(self.source, MqttSource):
+            self.source.feed(payload)
 
     async def _on_ack(self, payload: bytes, topic: str) -> None:
         ack = parse_json(RegionsAck, payload, where=topic)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -21,7 +22,9 @@ import aiomqtt
 from common.config import Settings
 from common.envelope import MAGIC, decode
 from common.errors import ArsError, CommandRejected, ProtocolError
+from common.ids import is_safe_id
 from common.mqtt import MqttLink
+from common.router import Router
 from common.schemas import (
     SERVER_COMMANDS,
     SERVER_REQUESTS,
@@ -104,6 +107,7 @@ class ServerAgent:
         self._seen = SeenIds(SEEN_COMMANDS)
         self._tasks: list[asyncio.Task[None]] = []
         self._recovered: list[tuple[str, str, str]] = []
+        self._router = self.routes()
 
     # --- lifetime --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -199,22 +203,25 @@ class ServerAgent:
                 with contextlib.suppress(Exception):
                     await self.outbox.error(topic, f"internal error: {exc.__class__.__name__}")
 
+    def routes(self) -> Router[Callable[..., Awaitable[None]]]:
+        """One handler per topic filter; robot handlers take the robot id first."""
+        t = self.topics
+        router: Router[Callable[..., Awaitable[None]]] = Router()
+        router.add(t.server_cmd, self._request)
+        router.add(t.all_robots("regions"), self.intake.handle)
+        router.add(t.all_robots("cmd"), self._command)
+        router.add(t.all_robots("model/status"), self.publisher.on_status)
+        router.add(t.all_robots("state"), self.publisher.on_state)
+        return router
+
     async def _route(self, topic: str, payload: bytes) -> None:
-        if topic == self.topics.server_cmd:
-            await self._request(topic, payload)
+        found = self._router.match(topic)
+        if found is None:
             return
-        parsed = self.topics.parse_robot_topic(topic)
-        if parsed is None:
-            return
-        rid, leaf = parsed
-        if leaf == "regions":
-            await self.intake.handle(rid, topic, payload)
-        elif leaf == "cmd":
-            await self._command(rid, topic, payload)
-        elif leaf == "model/status":
-            await self.publisher.on_status(rid, topic, payload)
-        elif leaf == "state":
-            await self.publisher.on_state(rid, topic, payload)
+        handler, ids = found
+        if not all(is_safe_id(i) for i in ids):
+            return  # not a robot id: no robot of ours publishes there
+        await handler(*ids, topic, payload)
 
     async def _command(self, rid: str, topic: str, payload: bytes) -> None:
         """A button on ``robots/{rid}/cmd``: server commands only; the robot answers the rest."""

@@ -302,15 +302,12 @@ async def test_robot_handlers_refuse_bad_payloads(
     }
     async with robot_operator(broker) as op, RobotAgent(rs) as robot:
         await op.wait(lambda: [s for s in op.states() if s.online])
-        routes = {
-            T.robot_cmd(RID): robot.commands.on_payload,
-            T.robot_regions_ack(RID): robot._on_ack,
-            T.model_offer(RID): robot.updater.on_offer,
-            T.model_chunk(RID): robot.updater.on_chunk,
-        }
+        routes = robot.routes()  # the dispatcher's own handlers
 
         async def route(topic: str, payload: bytes) -> None:
-            await routes[topic](payload, topic)
+            found = routes.match(topic)
+            assert found is not None, topic
+            await found[0](payload, topic)
 
         running = robot.slot.current.sha256
         before = tree_digest(rs.data_dir)
