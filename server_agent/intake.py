@@ -136,9 +136,7 @@ class RegionIntake:
             stored=stored,
             rejected=rejected,
         )
-        await self.outbox.link.publish(
-            self.outbox.topics.robot_regions_ack(manifest.robot_id), ack.to_json(), qos=1
-        )
+        await self.outbox.regions_ack(ack)
         await self.outbox.event(
             "info",
             f"transfer {manifest.transfer_id} from {manifest.robot_id}: {len(stored)} regions "

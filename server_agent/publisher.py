@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from common.chunking import split_chunks
 from common.classes import CLASS_NAMES
 from common.config import Settings
-from common.envelope import encode
 from common.errors import CommandRejected, ProtocolError, StorageError
 from common.hashing import hmac_sha256, sha256_bytes
 from common.schemas import ChunkHeader, Command, ModelOffer, ModelStatus, RobotState, parse_json
@@ -153,16 +152,13 @@ class ModelPublisher:
     async def _send_chunks(
         self, rid: str, version: str, chunks: list[bytes], indices: list[int]
     ) -> None:
-        topic = self.outbox.topics.model_chunk(rid)
         gate = asyncio.Semaphore(IN_FLIGHT)
 
         async def one(index: int) -> None:
             async with gate:
                 chunk = chunks[index]
                 header = ChunkHeader(version=version, index=index, sha256=sha256_bytes(chunk))
-                await self.outbox.link.publish(
-                    topic, encode(header.model_dump(mode="json"), [chunk]), qos=1
-                )
+                await self.outbox.model_chunk(rid, header, chunk)
 
         async with asyncio.TaskGroup() as group:
             for index in indices:
@@ -175,9 +171,7 @@ class ModelPublisher:
             chunk_size = self.settings.server.chunk_size
             data, chunks = await asyncio.to_thread(self._read, row, chunk_size)
             offer = self._offer(row, data, chunk_size, len(chunks))
-            await self.outbox.link.publish(
-                self.outbox.topics.model_offer(rid), offer.to_json(), qos=1
-            )
+            await self.outbox.model_offer(rid, offer)
             await self._send_chunks(rid, row.version, chunks, list(range(len(chunks))))
             resent = 0
             while True:
