@@ -27,17 +27,17 @@ from common.hashing import sha256_file
 from robot_agent.agent import RobotAgent
 from server_agent.agent import ServerAgent
 from simulator.sets import SimulatorSets
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import (
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faultproxy import FaultProxy
+from tests.helpers.faults import (
     RestartableBroker,
     register_version,
     restartable_broker,
     sqlite_rows,
 )
-from tests.faultproxy import FaultProxy
-from tests.loop_helpers import LoopOperator
-from tests.test_robot_support import robot_settings
-from tests.test_server_util import RID
+from tests.helpers.loop import LoopOperator
+from tests.helpers.robot import robot_settings
+from tests.helpers.server import RID
 
 BROKERS = ["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)]
 

@@ -23,9 +23,9 @@ import pytest
 from common.schemas import RegionsAck
 from server_agent.agent import ServerAgent
 from simulator.sets import SimulatorSets
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import tree_digest
-from tests.test_server_util import (
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faults import tree_digest
+from tests.helpers.server import (
     RID,
     TOPICS,
     Peer,

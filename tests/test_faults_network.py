@@ -26,11 +26,11 @@ from common.hashing import sha256_file
 from robot_agent.agent import RobotAgent
 from server_agent.agent import ServerAgent
 from simulator.sets import SimulatorSets
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import sqlite_rows
-from tests.faultproxy import FaultProxy
-from tests.loop_helpers import RID, ROBOT, LoopOperator
-from tests.test_server_util import tiny_checkpoint
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faultproxy import FaultProxy
+from tests.helpers.faults import sqlite_rows
+from tests.helpers.loop import RID, ROBOT, LoopOperator
+from tests.helpers.server import tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -31,8 +31,8 @@ from robot_agent.model_store import ModelFiles
 from server_agent.agent import ServerAgent
 from server_agent.finetune import RESTART_REASON
 from simulator.sets import SimulatorSets
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import (
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faults import (
     end,
     labeled_regions,
     register_version,
@@ -40,9 +40,9 @@ from tests.fault_helpers import (
     sqlite_rows,
     tree_digest,
 )
-from tests.loop_helpers import LoopOperator
-from tests.test_robot_support import robot_settings
-from tests.test_server_util import RID, tiny_checkpoint
+from tests.helpers.loop import LoopOperator
+from tests.helpers.robot import robot_settings
+from tests.helpers.server import RID, tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +159,7 @@ async def test_robot_sigkill_during_model_swap_runs_last_good_model(
 
 
 def robot_settings_server(broker: BrokerHandle, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from tests.test_server_util import server_settings
+    from tests.helpers.server import server_settings
 
     return server_settings(broker, tmp_path / "server", chunk_size=4096)
 

@@ -24,10 +24,10 @@ from PIL import Image
 from broker.embedded import free_port
 from server_agent.agent import ServerAgent
 from simulator.sets import SimulatorSets
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import end, spawn_cli
-from tests.test_server_util import make_region, server_settings, tiny_checkpoint
-from tests.test_web_helpers import png
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faults import end, spawn_cli
+from tests.helpers.server import make_region, server_settings, tiny_checkpoint
+from tests.helpers.web import png
 
 pytestmark = pytest.mark.slow
 

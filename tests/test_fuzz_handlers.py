@@ -5,7 +5,7 @@ dispatcher calls, the server's ``_route(topic, payload)``, the relay's ``route(t
 with payloads that hypothesis generates from valid messages by mutation (fields replaced,
 removed or added; NaN, negative and huge numbers; ids with ``/`` and ``..``; truncation; random
 bytes; envelopes whose declared lengths lie) plus the hand-made corpus of
-``tests/fault_helpers.corpus``. The property, for every payload: the handler returns, or raises
+``tests/helpers/faults.corpus``. The property, for every payload: the handler returns, or raises
 an ``ArsError`` with a message (which the dispatcher turns into the error event); any other
 exception is a bug. After all of them the agent's data directory (files and SQLite rows) is
 unchanged and the agent still answers a real command.
@@ -36,11 +36,11 @@ from common.topics import Topics
 from robot_agent.agent import RobotAgent
 from server_agent.agent import ServerAgent
 from simulator.sets import SimulatorSets
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import bomb_png, corpus, raw_envelope, tree_digest
-from tests.test_robot_support import operator as robot_operator
-from tests.test_robot_support import robot_settings
-from tests.test_server_util import make_region, server_settings, tiny_checkpoint
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faults import bomb_png, corpus, raw_envelope, tree_digest
+from tests.helpers.robot import operator as robot_operator
+from tests.helpers.robot import robot_settings
+from tests.helpers.server import make_region, server_settings, tiny_checkpoint
 
 T = Topics("ars")
 RID = "rover1"

@@ -23,8 +23,8 @@ from common.hashing import sha256_file
 from robot_agent.agent import RobotAgent
 from server_agent.agent import ServerAgent
 from simulator.sets import SimulatorSets
-from tests.conftest import BrokerHandle
-from tests.loop_helpers import (
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.loop import (
     FRAMES,
     RID,
     SERVER,

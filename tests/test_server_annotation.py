@@ -10,8 +10,8 @@ from common.images import decode_mask, encode_png
 from common.schemas import ServerState
 from server_agent.agent import ServerAgent
 from simulator.sets import SimulatorSets
-from tests.conftest import BrokerHandle
-from tests.test_server_util import (
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.server import (
     RID,
     TOPICS,
     make_region,

@@ -14,8 +14,8 @@ from server_agent.agent import ServerAgent
 from server_agent.finetune import RESTART_REASON
 from server_agent.store import Store
 from simulator.sets import SimulatorSets
-from tests.conftest import BrokerHandle
-from tests.test_server_util import (
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.server import (
     RID,
     TOPICS,
     make_region,

@@ -12,8 +12,8 @@ from common.schemas import ChunkHeader, ModelOffer, ModelRef, ModelStatus, Robot
 from server_agent.agent import ServerAgent
 from server_agent.store import Store, VersionRow
 from simulator.sets import SimulatorSets
-from tests.conftest import BrokerHandle
-from tests.test_server_util import (
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.server import (
     RID,
     TOPICS,
     Peer,

@@ -27,11 +27,11 @@ from playwright.async_api import Page, ViewportSize, async_playwright, expect
 from broker.embedded import free_port
 from models.checkpoint import load_checkpoint
 from simulator.oracle import OracleAnnotator
-from tests.conftest import BrokerHandle
-from tests.loop_helpers import SERVER as LOOP_SERVER
-from tests.loop_helpers import base_checkpoint
-from tests.test_server_util import Peer
-from tests.ui_helpers import (
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.loop import SERVER as LOOP_SERVER
+from tests.helpers.loop import base_checkpoint
+from tests.helpers.server import Peer
+from tests.helpers.ui import (
     INFER_HW,
     RID,
     Clock,

@@ -15,7 +15,7 @@ from common import envelope
 from common.classes import CLASS_NAMES, IGNORE, PALETTE
 from common.mqtt import MqttLink
 from common.schemas import Command, Event, PreviewHeader, RobotState, ServerState
-from tests.test_web_helpers import (
+from tests.helpers.web import (
     TOPICS,
     fake_server,
     listener,

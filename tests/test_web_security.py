@@ -10,7 +10,7 @@ import pytest
 
 from common.config import WebSettings
 from common.errors import ConfigError
-from tests.test_web_helpers import recv_type, start_client
+from tests.helpers.web import recv_type, start_client
 from web import security
 
 TOKEN = "s3cret-token-123"

@@ -19,7 +19,7 @@ from common.config import Settings, WebSettings
 from common.mqtt import MqttLink
 from common.schemas import Command, Reply
 from common.topics import Topics
-from tests.conftest import BrokerHandle
+from tests.helpers.brokers import BrokerHandle
 from web.app import create_app
 from web.state import STATE
 

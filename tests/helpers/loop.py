@@ -33,8 +33,8 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.network import build_model
 from models.training import evaluate, finetune
 from simulator.sets import heldout_set
-from tests.conftest import BrokerHandle
-from tests.test_server_util import Peer
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.server import Peer
 
 RID = "rover1"
 TOPICS = Topics("ars")

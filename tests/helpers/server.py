@@ -23,7 +23,7 @@ from common.schemas import Command, Event, RegionHeader, Reply, TransferManifest
 from common.topics import Topics
 from models.checkpoint import save_checkpoint
 from models.network import build_model
-from tests.conftest import BrokerHandle
+from tests.helpers.brokers import BrokerHandle
 
 T = TypeVar("T")
 TOPICS = Topics("ars")
