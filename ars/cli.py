@@ -31,8 +31,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "send": ("ars.commands.send", "send one of the seven commands to a robot"),
     "watch": ("ars.commands.watch", "stream a robot's state and events"),
     "annotate": ("ars.commands.annotate", "label the open annotation session (--oracle)"),
-    "pretrain": ("models.pretrain_cli", "train the base model on urban simulator frames"),
-    "eval": ("models.evaluate_cli", "evaluate a checkpoint on held-out urban and rural frames"),
+    "pretrain": ("ars.commands.pretrain", "train the base model on urban simulator frames"),
+    "eval": ("ars.commands.evaluate", "evaluate a checkpoint on held-out urban and rural frames"),
     "bench": ("ars.bench", "run a benchmark and print one JSON object"),
     "export": ("ars.export", "export labeled regions as a data set, or a model as ONNX or .pt"),
 }

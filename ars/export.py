@@ -26,9 +26,10 @@ import torch
 
 from common.config import Settings
 from common.errors import ConfigError, ModelError
+from common.files import write_atomic
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from models.network import SegNet
-from server_agent.store import Store, write_atomic
+from server_agent.store import Store
 
 ONNX_TOLERANCE = 1e-3  # max abs logit difference onnxruntime vs torch that an export may show
 

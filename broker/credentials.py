@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.credentials import secrets_file as local_secrets_file
 from common.errors import ConfigError
 
 _N, _R, _P = 2**14, 8, 1
@@ -88,7 +89,7 @@ def ensure_credentials(
     data_dir: Path, robot_ids: list[str] | tuple[str, ...] = ("rover1",)
 ) -> Credentials:
     """Generate on first run (and add missing robots later); never regenerate existing ones."""
-    secrets_file = data_dir / "secrets" / "mqtt.json"
+    secrets_file = local_secrets_file(data_dir)
     password_file = data_dir / "broker" / "passwd"
     passwords: dict[str, str] = {}
     if secrets_file.exists():

@@ -18,11 +18,11 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from broker.credentials import ADMIN_USERS, read_password_file, verify_password
+from common.errors import ArsError
+from common.router import topic_matches
+from common.topics import ROBOT_PUBLISHES, Topics
 
 logger = logging.getLogger(__name__)
-
-#: What a robot may publish under its own ``<prefix>/robots/<rid>/``.
-ROBOT_PUBLISH_LEAVES = ("state", "events", "preview", "regions", "model/status", "heartbeat")
 
 
 class ArsAuthPlugin(BaseAuthPlugin):
@@ -64,17 +64,6 @@ class ArsAuthPlugin(BaseAuthPlugin):
         return ok
 
 
-def topic_matches(topic: str, pattern: str) -> bool:
-    """MQTT filter matching (``+`` one level, ``#`` the rest)."""
-    t, p = topic.split("/"), pattern.split("/")
-    for i, part in enumerate(p):
-        if part == "#":
-            return True
-        if i >= len(t) or (part != "+" and part != t[i]):
-            return False
-    return len(t) == len(p)
-
-
 class ArsTopicPlugin(BaseTopicPlugin):
     """Per-user topic rules: admins anywhere under the prefix, robots only their own topics."""
 
@@ -87,23 +76,26 @@ class ArsTopicPlugin(BaseTopicPlugin):
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
         cfg: ArsTopicPlugin.Config = self.context.config  # type: ignore[assignment]
-        self._prefix = cfg.prefix
+        self._topics = Topics(cfg.prefix)
         self._anonymous_admin = cfg.anonymous_admin
 
     def allowed(self, username: str | None, topic: str, action: Action) -> bool:
-        prefix = self._prefix
+        topics = self._topics
         if username is None or username == "":
             admin = self._anonymous_admin
         else:
             admin = username in ADMIN_USERS
         if admin:
-            return topic_matches(topic, f"{prefix}/#") or topic == prefix
+            return topic_matches(topic, topics.everything) or topic == topics.prefix
         if not username or not username.startswith("robot-"):
             return False
         rid = username[len("robot-") :]
-        own = f"{prefix}/robots/{rid}/"
+        try:
+            own = topics.robot_root(rid)
+        except ArsError:  # a user name that is no robot id owns no topic
+            return False
         if action == Action.PUBLISH:
-            return any(topic == own + leaf for leaf in ROBOT_PUBLISH_LEAVES)
+            return any(topic == topics.robot(rid, leaf) for leaf in ROBOT_PUBLISHES)
         # subscribe / receive: its own subtree only (commands, model offers and chunks, acks)
         if "#" in topic or "+" in topic:
             return topic.startswith(own) and "+" not in topic[len(own) - 1 :].split("/")[0]

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from common.classes import IGNORE
 from common.errors import ProtocolError
 
 MAX_PIXELS = 4096 * 4096
@@ -85,7 +86,7 @@ def check_mask(
         raise ProtocolError(
             f"{what}: size {mask.shape[::-1]} differs from the region {shape[::-1]}"
         )
-    bad = np.unique(mask[(mask >= num_classes) & (mask != 255)])
+    bad = np.unique(mask[(mask >= num_classes) & (mask != IGNORE)])
     if bad.size:
         raise ProtocolError(f"{what}: unknown class ids {bad.tolist()[:8]}")
     return mask

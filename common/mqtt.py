@@ -70,6 +70,13 @@ def parse_broker_url(
     )
 
 
+def payload_bytes(payload: object) -> bytes:
+    """A received payload as bytes (aiomqtt types it as bytes, str, number or None)."""
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return b"" if payload is None else str(payload).encode()
+
+
 def redact(url: str) -> str:
     """The URL without its password, for logs."""
     parts = urlsplit(url)
@@ -308,10 +315,11 @@ class MqttLink:
             except Exception:  # the warning is best effort; the link must keep running
                 logger.exception("mqtt link %s: on_deaf failed", self.client_id)
 
-    async def messages(self) -> AsyncIterator[aiomqtt.Message]:
-        """Incoming messages across reconnects."""
+    async def messages(self) -> AsyncIterator[tuple[str, bytes]]:
+        """Incoming messages across reconnects, as (topic, payload bytes)."""
         while True:
-            yield await self._queue.get()
+            message = await self._queue.get()
+            yield message.topic.value, payload_bytes(message.payload)
 
     async def subscribe(self, topic: str, qos: int = 1) -> None:
         """Add a subscription now (if connected) and on every later connect."""

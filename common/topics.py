@@ -6,17 +6,12 @@ from dataclasses import dataclass
 
 from common.ids import check_id
 
-ROBOT_LEAVES = (
-    "state",
-    "cmd",
-    "events",
-    "preview",
-    "regions",
-    "regions/ack",
-    "model/offer",
-    "model/chunk",
-    "model/status",
-)
+#: Leaves under ``<prefix>/robots/<rid>/`` that the robot itself publishes; the broker's ACL
+#: lets a robot user publish these under its own id and nothing else.
+ROBOT_PUBLISHES = ("state", "events", "preview", "regions", "model/status", "heartbeat")
+#: Leaves under ``<prefix>/robots/<rid>/`` that others publish to the robot.
+ROBOT_RECEIVES = ("cmd", "regions/ack", "model/offer", "model/chunk")
+ROBOT_LEAVES = ROBOT_PUBLISHES + ROBOT_RECEIVES
 
 
 @dataclass(frozen=True)
@@ -25,9 +20,22 @@ class Topics:
 
     prefix: str = "ars"
 
+    @property
+    def everything(self) -> str:
+        """Filter for every topic under the prefix (the admins' ACL)."""
+        return f"{self.prefix}/#"
+
     # --- robot topics -------------------------------------------------------------------
     def robot(self, rid: str, leaf: str) -> str:
-        return f"{self.prefix}/robots/{check_id(rid, 'robot id')}/{leaf}"
+        return f"{self.robot_root(rid)}{leaf}"
+
+    def robot_root(self, rid: str) -> str:
+        """``<prefix>/robots/<rid>/``: everything of one robot starts so (its ACL subtree)."""
+        return f"{self.prefix}/robots/{check_id(rid, 'robot id')}/"
+
+    def robot_all(self, rid: str) -> str:
+        """Filter for every topic of one robot."""
+        return self.robot(rid, "#")
 
     def robot_state(self, rid: str) -> str:
         return self.robot(rid, "state")
@@ -78,17 +86,13 @@ class Topics:
         return f"{self.prefix}/server/events"
 
     @property
-    def server_progress(self) -> str:
-        return f"{self.prefix}/server/progress"
-
-    @property
-    def server_annotation(self) -> str:
-        """Annotation traffic (region list, crops, submitted masks) between web and server."""
-        return f"{self.prefix}/server/annotation"
+    def server_reply_root(self) -> str:
+        """Every reply topic starts so; a request's ``reply_to`` must."""
+        return f"{self.prefix}/server/reply/"
 
     def server_reply(self, client_id: str) -> str:
         """Reply topic for request/response calls from one client (web, CLI)."""
-        return f"{self.prefix}/server/reply/{check_id(client_id, 'client id')}"
+        return f"{self.server_reply_root}{check_id(client_id, 'client id')}"
 
     def heartbeat(self, client_id: str) -> str:
         """Link heartbeat of a server or operator client (server agent, web UI)."""

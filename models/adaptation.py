@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.data import LabeledSample
+from common.samples import LabeledSample
 from models.network import SegNet, preprocess
 
 IGNORE = 255
@@ -99,7 +99,7 @@ def pseudo_labels(
 ) -> list[LabeledSample]:
     """The model's confident predictions on `images` at `size`: the class where its softmax
     reaches `threshold`, 255 elsewhere. Images come back resized to `size`."""
-    from models.data import resize_sample
+    from common.samples import resize_sample
 
     was_training = model.training
     model.eval()

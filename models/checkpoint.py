@@ -12,8 +12,6 @@ import functools
 import hashlib
 import io
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,9 +20,10 @@ from typing import Any, Final, Literal
 
 import torch
 
+from common.classes import CLASS_NAMES
 from common.errors import ModelError
+from common.files import atomic_writer
 from models.network import ARCHS, SegNet, build_model
-from simulator.palette import CLASS_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -180,21 +179,11 @@ def save_checkpoint(
     dtype: Literal["fp32", "fp16"] = "fp32",
     classes: Sequence[str] = CLASS_NAMES,
 ) -> CheckpointMeta:
-    """Write a checkpoint atomically: temp file in the same directory, fsync, os.replace."""
+    """Write a checkpoint atomically (``common.files.atomic_writer``)."""
     payload, meta = _payload(model, arch, version, metrics or {}, dtype, classes)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(target, mode=0o644) as fh:  # a checkpoint is an ordinary file
+        torch.save(payload, fh)
     logger.info("saved checkpoint %s (arch %s, version %s, %s)", target, arch, version, dtype)
     return meta
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from simulator.palette import RARE_CLASSES
+from common.classes import RARE_CLASSES
 
 # Weight of a frame with no rare class at all: it keeps half its entropy, never zero.
 RARE_FLOOR = 0.5

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.classes import IGNORE, NUM_CLASSES
+
 
 def confusion_matrix(
-    pred: np.ndarray, target: np.ndarray, num_classes: int = 19, ignore: int = 255
+    pred: np.ndarray, target: np.ndarray, num_classes: int = NUM_CLASSES, ignore: int = IGNORE
 ) -> np.ndarray:
     """Rows = ground truth, columns = prediction; `ignore` and out-of-range targets are skipped."""
     if pred.shape != target.shape:

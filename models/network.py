@@ -18,6 +18,7 @@ from torchvision.models import mobilenet_v3_large, mobilenet_v3_small
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
+from common.classes import NUM_CLASSES
 from common.errors import ModelError
 
 ARCHS: Final = ("lraspp_mbv3_large", "lraspp_mbv3_small", "tiny")
@@ -85,7 +86,7 @@ class _TinyBackbone(nn.Module):
         return OrderedDict(low=low, high=self.deep(low))
 
 
-def build_model(arch: str = "lraspp_mbv3_large", num_classes: int = 19) -> SegNet:
+def build_model(arch: str = "lraspp_mbv3_large", num_classes: int = NUM_CLASSES) -> SegNet:
     """Build an untrained network; never downloads weights."""
     if arch == "lraspp_mbv3_large":
         features = mobilenet_v3_large(weights=None, dilated=True).features

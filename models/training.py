@@ -17,19 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.data import (
-    INFER_HW,
-    POOL_SEEDS,
-    LabeledSample,
-    heldout_set,
-    render_samples,
-    source_replay_set,
-)
+from common.classes import IGNORE
+from common.samples import LabeledSample
+from models.data import INFER_HW
 from models.metrics import confusion_matrix, miou
 from models.network import MEAN, STD, SegNet, build_model
 from models.seeding import seed_everything
 from models.transforms import random_pair, to_tensors
-from simulator.palette import IGNORE
 
 __all__ = [
     "LabeledSample",
@@ -39,9 +33,7 @@ __all__ = [
     "confusion",
     "evaluate",
     "finetune",
-    "heldout_set",
     "pretrain",
-    "source_replay_set",
     "trainable_parameters",
 ]
 
@@ -313,21 +305,21 @@ def _warm_poly(base_lr: float, frac: float, warm: float = 0.05) -> float:
 def pretrain(
     arch: str = "lraspp_mbv3_large",
     *,
+    pool_samples: Sequence[LabeledSample],
     steps: int = 2000,
     batch_size: int = 12,
     lr: float = 2e-3,
     size: tuple[int, int] = INFER_HW,
     seed: int = 0,
     progress: ProgressFn | None = None,
-    pool_size: int = 600,
     crop: tuple[int, int] | None = None,
     time_budget_s: float | None = None,
     should_stop: StopFn | None = None,
     init: SegNet | None = None,
 ) -> SegNet:
-    """Train a network from scratch on urban simulator frames (the source domain).
+    """Train a network from scratch on source-domain frames (urban simulator frames).
 
-    A pool of `pool_size` frames is rendered once at the inference `size` and reused with
+    The pool of frames (at the inference `size`, rendered once by the caller) is reused with
     random scale (0.75-1.5), crop and flip. AdamW with warm-up then poly decay, and
     sqrt-median-frequency class weights so thin classes (poles, signs, people) are learnt.
     With `time_budget_s` the schedule runs on max(step fraction, time fraction), so on a
@@ -335,10 +327,6 @@ def pretrain(
     `init` continues training a given model (of `arch`) instead of a fresh one.
     """
     rng = seed_everything(seed)
-    start_seed = POOL_SEEDS + (seed % 10) * 100_000
-    t0 = time.monotonic()
-    pool_samples = render_samples("urban", range(start_seed, start_seed + pool_size), size)
-    logger.info("pretrain: rendered %d frames in %.1f s", pool_size, time.monotonic() - t0)
     model = init if init is not None else build_model(arch)
     num_classes = int(getattr(model.classifier, "low_classifier").out_channels)  # noqa: B009
     weight = class_weights(pool_samples, num_classes)

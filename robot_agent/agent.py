@@ -3,7 +3,8 @@ composed around one MQTT link and one dispatcher.
 
 Tasks: the dispatcher (one handler per topic), the camera (pulls frames while segmenting into a
 latest-wins mailbox), the inference worker, and a 1 s state heartbeat while segmenting.
-Commands are answered by ``robot_agent.commands``.
+Commands are answered by ``robot_agent.commands``; everything the robot says goes through its
+outbox (``robot_agent.outbox``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,9 @@ import torch
 from common.config import Settings
 from common.errors import ArsError, ProtocolError
 from common.mqtt import MqttLink, deaf_message
+from common.router import Router
 from common.schemas import (
-    Command,
-    Event,
-    EventKind,
-    Level,
     ModelRef,
-    ModelStatus,
     RegionsAck,
     RobotState,
     parse_json,
@@ -50,19 +47,15 @@ from robot_agent.inference import (
 from robot_agent.mailbox import LatestMailbox
 from robot_agent.model_store import ModelFiles
 from robot_agent.model_update import ModelUpdater
+from robot_agent.outbox import RobotOutbox
 from robot_agent.sources import CameraFrame, FrameSource, MqttSource, open_source
 from robot_agent.transfer import DataTransfer
 
 logger = logging.getLogger(__name__)
 
 STATE_INTERVAL_S = 1.0
-
-
-def _payload_bytes(message: aiomqtt.Message) -> bytes:
-    payload = message.payload
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    return b"" if payload is None else str(payload).encode()
+#: A message handler: (payload, topic).
+Handler = Callable[[bytes, str], Awaitable[None]]
 
 
 class RobotAgent:
@@ -101,7 +94,8 @@ class RobotAgent:
         self.link: MqttLink
         self.transfer: DataTransfer
         self.updater: ModelUpdater
-        self.commands = RobotCommands(self)
+        self.outbox: RobotOutbox
+        self.commands: RobotCommands
 
     # --- lifetime ------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -139,7 +133,7 @@ class RobotAgent:
         ]
         if isinstance(self.source, MqttSource):
             subs.append((self.source.topic, 0))
-            own = f"{self.settings.prefix}/robots/{self.rid}/"
+            own = t.robot_root(self.rid)
             if not self.source.topic.startswith(own):
                 logger.warning(
                     "robot %s: camera topic %s is outside %s; the broker ACL lets robot-%s "
@@ -167,6 +161,7 @@ class RobotAgent:
             heartbeat_topic=t.robot_heartbeat(self.rid),
             on_deaf=self._on_deaf,
         )
+        self.outbox = RobotOutbox(self.link, t, self.rid, self._state)
         self.transfer = DataTransfer(
             link=self.link,
             topics=t,
@@ -186,9 +181,17 @@ class RobotAgent:
             model_key=self.settings.model_key,
             resend_timeout=self.settings.server.resend_timeout_s,
             max_payload_bytes=self.settings.mqtt.max_payload_bytes,
-            status=self._publish_status,
+            status=self.outbox.status,
             event=self._updater_event,
             changed=self.publish_state,
+        )
+        self.commands = RobotCommands(
+            self.outbox,
+            segmentation=self,
+            store=self.store,
+            transfer=self.transfer,
+            updater=self.updater,
+            spawn=self.spawn,
         )
         await self._stack.enter_async_context(self.link)
         self._stack.push_async_callback(self._shutdown)
@@ -264,58 +267,23 @@ class RobotAgent:
             started=self.started,
         )
 
-    async def _publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
-    ) -> None:
-        """Publish; a broker away for longer than the publish timeout is logged, not raised,
-        so no handler loop dies of it (the link reconnects and the next state catches up)."""
-        try:
-            await self.link.publish(topic, payload, qos=qos, retain=retain)
-        except TimeoutError as exc:
-            logger.warning("robot %s: dropped a message for %s: %s", self.rid, topic, exc)
-
     async def publish_state(self) -> None:
-        await self._publish(self.topics.robot_state(self.rid), self._state().to_json(), retain=True)
+        await self.outbox.state()
 
     async def _on_connect(self, link: MqttLink) -> None:
         await self.publish_state()
 
     async def _on_deaf(self, link: MqttLink, silent_s: float) -> None:
-        await self.event("info", deaf_message(silent_s), level="warning")
-
-    async def event(
-        self,
-        kind: EventKind,
-        msg: str,
-        *,
-        level: Level = "info",
-        cmd: Command | None = None,
-        ref: str | None = None,
-        name: str | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        evt = Event(
-            source=f"robot:{self.rid}",
-            level=level,
-            kind=kind,
-            msg=msg[:4096],
-            ref=cmd.id if cmd is not None else ref,
-            cmd=cmd.cmd if cmd is not None else name,
-            data=data or {},
-        )
-        await self._publish(self.topics.robot_events(self.rid), evt.to_json())
+        await self.outbox.event("info", deaf_message(silent_s), level="warning")
 
     async def _error(self, msg: str) -> None:
-        await self.event("error", msg, level="error")
+        await self.outbox.error(msg)
 
     async def _updater_event(self, level: str, msg: str) -> None:
         if level == "error":
-            await self.event("error", msg, level="error")
+            await self.outbox.error(msg)
         else:
-            await self.event("info", msg)
-
-    async def _publish_status(self, status: ModelStatus) -> None:
-        await self._publish(self.topics.model_status(self.rid), status.to_json())
+            await self.outbox.event("info", msg)
 
     # --- camera and inference --------------------------------------------------------------------
     async def _camera(self) -> None:
@@ -357,7 +325,7 @@ class RobotAgent:
             return
         self.frames += 1
         if preview is not None:
-            await self.link.publish(self.topics.robot_preview(self.rid), preview, qos=0)
+            await self.outbox.preview(preview)
 
     def _keep(self, result: FrameResult, want_preview: bool) -> bytes | None:
         """Blocking: store the frame's candidate and, when due, encode its preview."""
@@ -382,24 +350,26 @@ class RobotAgent:
                 await self.publish_state()
 
     # --- dispatcher ------------------------------------------------------------------------------
-    async def _dispatch(self) -> None:
+    def routes(self) -> Router[Handler]:
+        """One handler per topic the robot subscribes to."""
         t = self.topics
-        routes: dict[str, Callable[[bytes, str], Awaitable[None]]] = {
-            t.robot_cmd(self.rid): self.commands.on_payload,
-            t.robot_regions_ack(self.rid): self._on_ack,
-            t.model_offer(self.rid): self.updater.on_offer,
-            t.model_chunk(self.rid): self.updater.on_chunk,
-        }
-        async for message in self.link.messages():
-            topic = message.topic.value
-            payload = _payload_bytes(message)
-            if isinstance(self.source, MqttSource) and topic == self.source.topic:
-                self.source.feed(payload)
-                continue
-            handler = routes.get(topic)
-            if handler is None:
+        router: Router[Handler] = Router()
+        if isinstance(self.source, MqttSource):
+            router.add(self.source.topic, self._feed)
+        router.add(t.robot_cmd(self.rid), self.commands.on_payload)
+        router.add(t.robot_regions_ack(self.rid), self._on_ack)
+        router.add(t.model_offer(self.rid), self.updater.on_offer)
+        router.add(t.model_chunk(self.rid), self.updater.on_chunk)
+        return router
+
+    async def _dispatch(self) -> None:
+        router = self.routes()
+        async for topic, payload in self.link.messages():
+            found = router.match(topic)
+            if found is None:
                 logger.debug("robot %s: no handler for %s", self.rid, topic)
                 continue
+            handler, _ = found
             try:
                 await handler(payload, topic)
             except ArsError as exc:
@@ -409,6 +379,11 @@ class RobotAgent:
                 logger.exception("robot %s: handler for %s failed", self.rid, topic)
                 await self._error(f"handler for {topic} failed: {exc.__class__.__name__}: {exc}")
 
+    async def _feed(self, payload: bytes, topic: str) -> None:
+        """A camera frame from an MQTT source."""
+        if isinstance(self.source, MqttSource):
+            self.source.feed(payload)
+
     async def _on_ack(self, payload: bytes, topic: str) -> None:
         ack = parse_json(RegionsAck, payload, where=topic)
         if ack.robot_id != self.rid:
@@ -417,6 +392,10 @@ class RobotAgent:
             logger.info("robot %s: ack for transfer %s not awaited", self.rid, ack.transfer_id)
 
     # --- segmentation ----------------------------------------------------------------------------
+    @property
+    def source_description(self) -> str:
+        return self.source.description
+
     async def begin_segmentation(self) -> None:
         self.segmenting = True
         self.slot.frames_flowing = True

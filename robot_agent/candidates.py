@@ -13,15 +13,14 @@ them safe from any thread.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.errors import StorageError
+from common.files import write_atomic
 from common.ids import check_id
 
 logger = logging.getLogger(__name__)
@@ -70,20 +69,6 @@ class Candidate:
     def area_ratio(self) -> float:
         """Frame area / crop area: what a full frame costs relative to this crop."""
         return (self.frame_size[0] * self.frame_size[1]) / (self.box[2] * self.box[3])
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: readers see all of it or nothing."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _row_to_candidate(row: tuple[Any, ...]) -> Candidate:

@@ -4,6 +4,8 @@ The robot acts on ``ROBOT_COMMANDS``, silently leaves ``SERVER_COMMANDS`` to the
 the one that answers anything else (unknown names, invalid payloads) with a ``rejected`` event,
 so every command gets exactly one answer: ``accepted`` then ``done``/``failed``, or ``rejected``
 with the reason. Command ids are remembered, so a QoS 1 redelivery is not acted on twice.
+The handlers get the outbox and the parts they use (segmentation, candidate store, transfer,
+model updater), never the agent.
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 from common.errors import ArsError, CommandRejected, ProtocolError
 from common.ids import is_safe_id
 from common.schemas import ROBOT_COMMANDS, SERVER_COMMANDS, Command, parse_json
-
-if TYPE_CHECKING:
-    from robot_agent.agent import RobotAgent
+from common.seen import SeenIds
+from robot_agent.candidates import CandidateStore
+from robot_agent.model_update import ModelUpdater
+from robot_agent.outbox import RobotOutbox
+from robot_agent.transfer import DataTransfer
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +39,46 @@ def command_id(payload: bytes) -> str | None:
     return None
 
 
-class RobotCommands:
-    """Validates, deduplicates and answers commands; the work is the agent's."""
+class Segmentation(Protocol):
+    """The camera-to-inference pipeline as the commands see it (the agent provides it)."""
 
-    def __init__(self, agent: RobotAgent) -> None:
-        self.agent = agent
-        self._seen: OrderedDict[str, None] = OrderedDict()
+    @property
+    def segmenting(self) -> bool: ...
+
+    @property
+    def frames(self) -> int: ...
+
+    @property
+    def source_description(self) -> str: ...
+
+    async def begin_segmentation(self) -> None: ...
+
+    async def end_segmentation(self) -> None: ...
+
+
+SpawnFn = Callable[[Coroutine[Any, Any, Any], str], object]
+
+
+class RobotCommands:
+    """Validates, deduplicates and answers commands; the work is done by the parts given."""
+
+    def __init__(
+        self,
+        outbox: RobotOutbox,
+        *,
+        segmentation: Segmentation,
+        store: CandidateStore,
+        transfer: DataTransfer,
+        updater: ModelUpdater,
+        spawn: SpawnFn,
+    ) -> None:
+        self.outbox = outbox
+        self.segmentation = segmentation
+        self.store = store
+        self.transfer = transfer
+        self.updater = updater
+        self.spawn = spawn
+        self._seen = SeenIds(SEEN_COMMANDS)
         self._handlers: dict[str, Callable[[Command], Awaitable[None]]] = {
             "start_segmentation": self.start_segmentation,
             "stop_segmentation": self.stop_segmentation,
@@ -50,11 +87,11 @@ class RobotCommands:
         }
 
     async def on_payload(self, payload: bytes, topic: str) -> None:
-        agent = self.agent
+        out = self.outbox
         try:
             cmd = parse_json(Command, payload, where=topic)
         except ProtocolError as exc:
-            await agent.event(
+            await out.event(
                 "rejected",
                 f"invalid command on {topic}: {exc}",
                 level="error",
@@ -63,12 +100,9 @@ class RobotCommands:
             return
         if cmd.cmd in SERVER_COMMANDS:
             return
-        if cmd.id in self._seen:
-            logger.info("robot %s: duplicate command %s ignored", agent.rid, cmd.id)
+        if not self._seen.first_time(cmd.id):
+            logger.info("robot %s: duplicate command %s ignored", out.rid, cmd.id)
             return
-        self._seen[cmd.id] = None
-        while len(self._seen) > SEEN_COMMANDS:
-            self._seen.popitem(last=False)
         handler = self._handlers.get(cmd.cmd)
         try:
             if handler is None:
@@ -79,68 +113,65 @@ class RobotCommands:
                 )
             await handler(cmd)
         except CommandRejected as exc:
-            await agent.event("rejected", str(exc), level="warning", cmd=cmd)
+            await out.answer(cmd, "rejected", str(exc), level="warning")
 
     async def start_segmentation(self, cmd: Command) -> None:
-        agent = self.agent
-        if agent.segmenting:
+        seg = self.segmentation
+        if seg.segmenting:
             raise CommandRejected("already segmenting")
-        await agent.event("accepted", "start segmentation", cmd=cmd)
-        await agent.begin_segmentation()
-        await agent.event("done", f"segmenting {agent.source.description}", cmd=cmd)
+        await self.outbox.answer(cmd, "accepted", "start segmentation")
+        await seg.begin_segmentation()
+        await self.outbox.answer(cmd, "done", f"segmenting {seg.source_description}")
 
     async def stop_segmentation(self, cmd: Command) -> None:
-        agent = self.agent
-        if not agent.segmenting:
+        seg = self.segmentation
+        if not seg.segmenting:
             raise CommandRejected("not segmenting")
-        await agent.event("accepted", "stop segmentation", cmd=cmd)
-        await agent.end_segmentation()
-        await agent.event(
+        await self.outbox.answer(cmd, "accepted", "stop segmentation")
+        await seg.end_segmentation()
+        await self.outbox.answer(
+            cmd,
             "done",
-            f"stopped after {agent.frames} frames",
-            cmd=cmd,
-            data={"frames": agent.frames, "candidates": agent.store.unsent_count},
+            f"stopped after {seg.frames} frames",
+            data={"frames": seg.frames, "candidates": self.store.unsent_count},
         )
 
     async def transfer_data(self, cmd: Command) -> None:
-        agent = self.agent
-        if agent.transfer.busy:
+        if self.transfer.busy:
             raise CommandRejected("a transfer is already waiting for its ack")
-        if agent.store.unsent_count == 0:
+        if self.store.unsent_count == 0:
             raise CommandRejected("no candidate regions since the last transfer")
-        await agent.event("accepted", "transfer data", cmd=cmd)
-        agent.spawn(self._run_transfer(cmd), "robot-transfer")
+        await self.outbox.answer(cmd, "accepted", "transfer data")
+        self.spawn(self._run_transfer(cmd), "robot-transfer")
 
     async def _run_transfer(self, cmd: Command) -> None:
-        agent = self.agent
+        out = self.outbox
         try:
-            report = await agent.transfer.run()
+            report = await self.transfer.run()
         except ArsError as exc:
-            await agent.event("failed", str(exc), level="error", cmd=cmd)
-            await agent.publish_state()
+            await out.answer(cmd, "failed", str(exc), level="error")
+            await out.state()
             return
-        await agent.publish_state()
-        await agent.event(
+        await out.state()
+        await out.answer(
+            cmd,
             "done",
             f"sent {report.regions} regions of {report.frames_considered} frames "
             f"({report.bytes_sent} bytes, {report.ratio:.1%} of full frames)",
-            cmd=cmd,
             data=report.data(),
         )
 
     async def rollback(self, cmd: Command) -> None:
-        agent = self.agent
-        agent.updater.check_rollback()
-        await agent.event("accepted", "rollback", cmd=cmd)
-        agent.spawn(self._run_rollback(cmd), "robot-rollback")
+        self.updater.check_rollback()
+        await self.outbox.answer(cmd, "accepted", "rollback")
+        self.spawn(self._run_rollback(cmd), "robot-rollback")
 
     async def _run_rollback(self, cmd: Command) -> None:
-        agent = self.agent
         try:
-            old, new = await agent.updater.rollback()
+            old, new = await self.updater.rollback()
         except ArsError as exc:
-            await agent.event("failed", f"rollback failed: {exc}", level="error", cmd=cmd)
+            await self.outbox.answer(cmd, "failed", f"rollback failed: {exc}", level="error")
             return
-        await agent.event(
-            "done", f"rolled back from {old} to {new}", cmd=cmd, data={"from": old, "to": new}
+        await self.outbox.answer(
+            cmd, "done", f"rolled back from {old} to {new}", data={"from": old, "to": new}
         )

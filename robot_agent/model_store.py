@@ -14,14 +14,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from common.errors import ModelError, StorageError
+from common.files import atomic_writer, write_atomic
 from common.hashing import sha256_bytes
 from models.checkpoint import load_checkpoint
-from robot_agent.candidates import write_atomic
 from robot_agent.inference import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -123,16 +122,9 @@ class ModelFiles:
     def install(self, data: bytes, new: LoadedModel, running: LoadedModel) -> LoadedModel:
         """``data`` becomes current.pt, the running model previous.pt; returns ``new`` there."""
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".current.", suffix=".tmp", dir=self.root)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
+            with atomic_writer(self.current) as fh:
+                fh.write(data)  # on disk before the running model moves to previous.pt
                 self._keep_as_previous(running)
-                os.replace(tmp, self.current)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
             self._write_pointer(new, running.ref().model_dump(mode="json"))
         except OSError as exc:
             raise StorageError(f"cannot persist model {new.version}: {exc}") from exc
@@ -157,13 +149,8 @@ class ModelFiles:
             return
         if running.path is None or not running.path.exists():
             raise StorageError("the running model has no file to keep as previous")
-        fd, tmp = tempfile.mkstemp(prefix=".previous.", suffix=".tmp", dir=self.root)
-        os.close(fd)
-        try:
-            shutil.copyfile(running.path, tmp)
-            os.replace(tmp, self.previous)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_writer(self.previous) as fh, running.path.open("rb") as src:
+            shutil.copyfileobj(src, fh)
 
     def load_previous(self, device: str) -> LoadedModel:
         if not self.previous.exists():

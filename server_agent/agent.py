@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -22,7 +22,9 @@ import aiomqtt
 from common.config import Settings
 from common.envelope import MAGIC, decode
 from common.errors import ArsError, CommandRejected, ProtocolError
+from common.ids import is_safe_id
 from common.mqtt import MqttLink, deaf_message
+from common.router import Router
 from common.schemas import (
     SERVER_COMMANDS,
     SERVER_REQUESTS,
@@ -31,7 +33,9 @@ from common.schemas import (
     parse_json,
     validate,
 )
+from common.seen import SeenIds
 from common.topics import Topics
+from models.data import SampleSets
 from server_agent.annotation import Annotation
 from server_agent.finetune import RESTART_REASON, FinetuneRunner
 from server_agent.intake import RegionIntake
@@ -54,6 +58,7 @@ class ServerAgent:
         self,
         settings: Settings,
         *,
+        sets: SampleSets,
         base_checkpoint: Path | None = None,
         client_id: str = "ars-server",
         transfer_idle_timeout: float | None = None,
@@ -94,6 +99,7 @@ class ServerAgent:
             self.store,
             self.outbox,
             settings.server,
+            sets=sets,
             base_checkpoint=base_checkpoint or settings.server.base_model,
         )
         extra = {} if transfer_idle_timeout is None else {"idle_timeout": transfer_idle_timeout}
@@ -106,9 +112,10 @@ class ServerAgent:
         )
         self._dirty = asyncio.Event()
         self._online = True
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen = SeenIds(SEEN_COMMANDS)
         self._tasks: list[asyncio.Task[None]] = []
         self._recovered: list[tuple[str, str, str]] = []
+        self._router = self.routes()
 
     # --- lifetime --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -196,11 +203,9 @@ class ServerAgent:
 
     # --- dispatch --------------------------------------------------------------------------
     async def _dispatch(self) -> None:
-        async for message in self.link.messages():
-            topic = str(message.topic)
-            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        async for topic, payload in self.link.messages():
             try:
-                await self._route(topic, bytes(payload))
+                await self._route(topic, payload)
             except ArsError as exc:
                 with contextlib.suppress(Exception):
                     await self.outbox.error(topic, str(exc))
@@ -209,30 +214,25 @@ class ServerAgent:
                 with contextlib.suppress(Exception):
                     await self.outbox.error(topic, f"internal error: {exc.__class__.__name__}")
 
-    async def _route(self, topic: str, payload: bytes) -> None:
-        if topic == self.topics.server_cmd:
-            await self._request(topic, payload)
-            return
-        parsed = self.topics.parse_robot_topic(topic)
-        if parsed is None:
-            return
-        rid, leaf = parsed
-        if leaf == "regions":
-            await self.intake.handle(rid, topic, payload)
-        elif leaf == "cmd":
-            await self._command(rid, topic, payload)
-        elif leaf == "model/status":
-            await self.publisher.on_status(rid, topic, payload)
-        elif leaf == "state":
-            await self.publisher.on_state(rid, topic, payload)
+    def routes(self) -> Router[Callable[..., Awaitable[None]]]:
+        """One handler per topic filter; robot handlers take the robot id first."""
+        t = self.topics
+        router: Router[Callable[..., Awaitable[None]]] = Router()
+        router.add(t.server_cmd, self._request)
+        router.add(t.all_robots("regions"), self.intake.handle)
+        router.add(t.all_robots("cmd"), self._command)
+        router.add(t.all_robots("model/status"), self.publisher.on_status)
+        router.add(t.all_robots("state"), self.publisher.on_state)
+        return router
 
-    def _first_time(self, command_id: str) -> bool:
-        if command_id in self._seen:
-            return False
-        self._seen[command_id] = None
-        while len(self._seen) > SEEN_COMMANDS:
-            self._seen.popitem(last=False)
-        return True
+    async def _route(self, topic: str, payload: bytes) -> None:
+        found = self._router.match(topic)
+        if found is None:
+            return
+        handler, ids = found
+        if not all(is_safe_id(i) for i in ids):
+            return  # not a robot id: no robot of ours publishes there
+        await handler(*ids, topic, payload)
 
     async def _command(self, rid: str, topic: str, payload: bytes) -> None:
         """A button on ``robots/{rid}/cmd``: server commands only; the robot answers the rest."""
@@ -240,7 +240,7 @@ class ServerAgent:
             command = parse_json(Command, payload, where=topic)
         except ProtocolError:
             return  # the robot answers invalid commands (exactly one answer)
-        if command.cmd not in SERVER_COMMANDS or not self._first_time(command.id):
+        if command.cmd not in SERVER_COMMANDS or not self._seen.first_time(command.id):
             return
         handlers = {
             "start_annotation": self.annotation.start,

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from common.classes import IGNORE, NUM_CLASSES
 from common.errors import CommandRejected, ProtocolError
 from common.ids import check_id
 from common.images import check_mask, decode_mask, encode_png
 from common.schemas import AnnotationSession, Command
-from server_agent.intake import NUM_CLASSES
 from server_agent.outbox import Outbox
 from server_agent.store import RegionRow, Store
 
@@ -33,7 +33,7 @@ def validate_annotation(row: RegionRow, mask_png: bytes) -> tuple[bytes, int]:
     _, _, w, h = row.box
     mask = decode_mask(mask_png, what="annotation")
     check_mask(mask, shape=(h, w), num_classes=NUM_CLASSES, what="annotation")
-    labeled = int(np.count_nonzero(mask != 255))
+    labeled = int(np.count_nonzero(mask != IGNORE))
     if labeled == 0:
         raise ProtocolError("annotation labels no pixel (all 255); skip the region instead")
     return encode_png(np.ascontiguousarray(mask, dtype=np.uint8)), labeled

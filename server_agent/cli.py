@@ -1,5 +1,6 @@
 """``ars server``: run the server agent until SIGINT/SIGTERM.
 
+The simulator provides the fine-tune runner's source replay and held-out frames.
 The broker URL must carry the ``server`` user (``ars up`` passes it in ``ARS_MQTT__URL``).
 On a signal it cancels a running fine-tune, publishes its retained offline state and exits 0.
 """
@@ -16,6 +17,7 @@ import torch
 
 from common.config import Settings
 from server_agent.agent import ServerAgent
+from simulator.sets import SimulatorSets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +56,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with ServerAgent(settings):
+        async with ServerAgent(settings, sets=SimulatorSets()):
             print(
                 f"server: data {settings.data_dir}, broker {settings.mqtt.url.split('@')[-1]}",
                 flush=True,

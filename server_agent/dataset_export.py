@@ -25,10 +25,11 @@ from typing import Any, Final
 
 import numpy as np
 
+from common.classes import CLASS_NAMES, IGNORE, PALETTE, colorize
 from common.errors import ArsError, ConfigError
+from common.files import write_atomic
 from common.images import check_mask, decode_mask, decode_rgb, encode_png
-from server_agent.store import RegionRow, Store, write_atomic
-from simulator.palette import CLASS_NAMES, IGNORE, PALETTE, colorize
+from server_agent.store import RegionRow, Store
 
 logger = logging.getLogger(__name__)
 

@@ -24,18 +24,13 @@ import numpy as np
 from common.config import ServerSettings
 from common.errors import CommandRejected, ModelError
 from common.hashing import sha256_file
+from common.samples import LabeledSample
 from common.schemas import Command, FinetuneStatus, new_id
 from models.adaptation import IterationRule
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
+from models.data import SampleSets
 from models.network import SegNet, resolve_device
-from models.training import (
-    LabeledSample,
-    TrainProgress,
-    evaluate,
-    finetune,
-    heldout_set,
-    source_replay_set,
-)
+from models.training import TrainProgress, evaluate, finetune
 from server_agent.figures import figures, headline
 from server_agent.gate import is_held_out
 from server_agent.outbox import Outbox
@@ -112,11 +107,13 @@ class FinetuneRunner:
         outbox: Outbox,
         settings: ServerSettings,
         *,
+        sets: SampleSets,
         base_checkpoint: Path | None = None,
     ) -> None:
         self.store = store
         self.outbox = outbox
         self.settings = settings
+        self.sets = sets
         self.base_checkpoint = base_checkpoint or DEFAULT_CHECKPOINT
         self.status = FinetuneStatus()
         self._jobs: dict[str, _Job] = {}
@@ -308,9 +305,9 @@ class FinetuneRunner:
             hit = self._cache.get(key)
         if hit is None:
             if kind == "replay":
-                hit = source_replay_set(n, seed=0, size=self.train_hw) if n else []
+                hit = self.sets.replay(n, self.train_hw)
             else:
-                hit = heldout_set(kind, n, seed=0, size=self.train_hw)
+                hit = self.sets.heldout(kind, n, self.train_hw)
             with self._cache_lock:
                 self._cache[key] = hit
         return hit

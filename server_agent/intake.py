@@ -14,6 +14,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
+from common.classes import NUM_CLASSES
 from common.envelope import decode
 from common.errors import ArsError, ProtocolError, StorageError
 from common.ids import is_safe_id
@@ -24,7 +25,6 @@ from server_agent.store import Store
 
 logger = logging.getLogger(__name__)
 
-NUM_CLASSES = 19
 #: Refusal reasons are kept for this many recent transfers (for their manifests' acks).
 KEEP_TRANSFERS = 64
 
@@ -136,9 +136,7 @@ class RegionIntake:
             stored=stored,
             rejected=rejected,
         )
-        await self.outbox.link.publish(
-            self.outbox.topics.robot_regions_ack(manifest.robot_id), ack.to_json(), qos=1
-        )
+        await self.outbox.regions_ack(ack)
         await self.outbox.event(
             "info",
             f"transfer {manifest.transfer_id} from {manifest.robot_id}: {len(stored)} regions "

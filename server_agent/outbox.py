@@ -1,4 +1,5 @@
-"""What the server says: events on ``ars/server/events`` and replies on a request's reply topic.
+"""What the server says: events on ``ars/server/events``, replies on a request's reply topic,
+region acks, model offers and chunks on a robot's topics.
 
 One small object shared by the handlers so every event has the same source and shape.
 """
@@ -12,7 +13,16 @@ from typing import Any
 from common.envelope import encode
 from common.errors import ProtocolError
 from common.mqtt import MqttLink
-from common.schemas import Command, Event, EventKind, Level, Reply
+from common.schemas import (
+    ChunkHeader,
+    Command,
+    Event,
+    EventKind,
+    Level,
+    ModelOffer,
+    RegionsAck,
+    Reply,
+)
 from common.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -73,11 +83,22 @@ class Outbox:
         logger.warning("bad message on %s: %s", topic, reason)
         await self.event("error", f"{topic}: {reason}", ref=ref, data={"topic": topic})
 
+    # --- to a robot ------------------------------------------------------------------------
+    async def regions_ack(self, ack: RegionsAck) -> None:
+        await self.link.publish(self.topics.robot_regions_ack(ack.robot_id), ack.to_json(), qos=1)
+
+    async def model_offer(self, rid: str, offer: ModelOffer) -> None:
+        await self.link.publish(self.topics.model_offer(rid), offer.to_json(), qos=1)
+
+    async def model_chunk(self, rid: str, header: ChunkHeader, chunk: bytes) -> None:
+        payload = encode(header.model_dump(mode="json"), [chunk])
+        await self.link.publish(self.topics.model_chunk(rid), payload, qos=1)
+
     # --- replies ---------------------------------------------------------------------------
     def reply_topic(self, command: Command) -> str:
         """The request's reply topic; only ``<prefix>/server/reply/<client>`` is allowed."""
         topic = command.reply_to
-        head = f"{self.topics.prefix}/server/reply/"
+        head = self.topics.server_reply_root
         if not topic or not topic.startswith(head):
             raise ProtocolError(f"{command.cmd}: reply_to must be a topic under {head}")
         self.topics.server_reply(topic[len(head) :])  # validates the client id

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.classes import CLASS_NAMES
 from common.config import Settings
-from common.envelope import encode
 from common.errors import CommandRejected, ProtocolError, StorageError
 from common.hashing import hmac_sha256
 from common.schemas import ChunkHeader, Command, ModelOffer, ModelStatus, RobotState, parse_json
@@ -31,7 +31,6 @@ from server_agent.gate import judge
 from server_agent.outbox import Outbox
 from server_agent.payloads import Payload, PayloadMaker
 from server_agent.store import Store, VersionRow
-from simulator.palette import CLASS_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -166,16 +165,13 @@ class ModelPublisher:
     async def _send_chunks(
         self, rid: str, version: str, payload: Payload, indices: list[int]
     ) -> None:
-        topic = self.outbox.topics.model_chunk(rid)
         gate = asyncio.Semaphore(IN_FLIGHT)
 
         async def one(index: int) -> None:
             async with gate:
                 sha = payload.chunk_sha256[index]
                 header = ChunkHeader(version=version, index=index, sha256=sha)
-                await self.outbox.link.publish(
-                    topic, encode(header.model_dump(mode="json"), [payload.chunks[index]]), qos=1
-                )
+                await self.outbox.model_chunk(rid, header, payload.chunks[index])
 
         async with asyncio.TaskGroup() as group:
             for index in indices:
@@ -254,7 +250,7 @@ class ModelPublisher:
 
     async def _publish(self, rid: str, row: VersionRow, payload: Payload, chunk_size: int) -> None:
         offer = self._offer(row, payload, chunk_size)
-        await self.outbox.link.publish(self.outbox.topics.model_offer(rid), offer.to_json(), qos=1)
+        await self.outbox.model_offer(rid, offer)
         await self._send_chunks(rid, row.version, payload, list(range(len(payload.chunks))))
 
     # --- what robots report ----------------------------------------------------------------

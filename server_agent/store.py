@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from common.errors import StorageError
+from common.files import write_atomic
 from common.ids import check_id
 from common.schemas import ModelVersionInfo, RegionHeader
 
@@ -78,21 +77,6 @@ CREATE TABLE IF NOT EXISTS jobs(
 );
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, ``os.replace``: readers see old or new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

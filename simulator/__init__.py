@@ -2,5 +2,5 @@
 
 ``scene.render_frame`` renders one independent scene, ``drive.Drive`` a coherent stream that can
 move from the ``urban`` to the ``rural`` domain, ``oracle.OracleAnnotator`` labels regions from
-ground truth, ``palette`` holds the class names and colours.
+ground truth, the class names and colours live in ``common.classes``.
 """

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from simulator.palette import colorize
+from common.classes import colorize
 from simulator.scene import render_frame
 
 logger = logging.getLogger(__name__)

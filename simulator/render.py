@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from simulator import palette as P
+from common import classes as P
 from simulator import shading as S
 from simulator import textures as T
 from simulator.camera import Z_NEAR, Camera, quad

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from simulator import palette as P
+from common import classes as P
 from simulator import shading as S
 from simulator import textures as T
 from simulator.camera import Z_NEAR, Camera, quad

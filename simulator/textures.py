@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from simulator import palette as P
+from common import classes as P
 
 GROUND_PPM = 24  # ground map texels per metre
 GROUND_LAT = 32.0  # the ground map covers lateral offsets -32..32 m from the road centre

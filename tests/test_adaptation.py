@@ -14,9 +14,9 @@ from torch import nn
 
 from ars.bench import adaptation
 from common.config import Settings
+from common.samples import LabeledSample
 from models.adaptation import IterationRule, labeled_frames, pseudo_labels, reestimate_batchnorm
 from models.checkpoint import save_checkpoint
-from models.data import LabeledSample
 from models.metrics import scores
 from models.network import build_model
 from models.training import finetune

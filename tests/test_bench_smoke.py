@@ -20,10 +20,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = {"robot": ["--no-sweep"]}
+#: Benches that speak MQTT run under a prefix other than the default: every topic they and the
+#: processes they start use, and the broker's ACL, must follow the configured one.
+PREFIXED = {"transfer", "preview", "loop", "fleet"}
 
 
 def start(name: str) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "ars.cli", "bench", name, "--json", "--tiny"]
+    prefix = ["--prefix", "smoke"] if name in PREFIXED else []
+    argv = [sys.executable, "-m", "ars.cli", "bench", *prefix, name, "--json", "--tiny"]
     return subprocess.Popen(
         [*argv, *FLAGS.get(name, [])],
         cwd=ROOT,

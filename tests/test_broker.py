@@ -12,7 +12,7 @@ from broker.credentials import hash_password, read_password_file, verify_passwor
 from broker.plugins import topic_matches
 from common.config import MqttSettings
 from common.mqtt import make_client
-from tests.conftest import BrokerHandle
+from tests.helpers.brokers import BrokerHandle
 
 
 def test_password_hash_round_trip_and_salt() -> None:

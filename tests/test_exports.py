@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 
 from ars.cli import main
+from common.classes import colorize
 from common.hashing import sha256_file
 from common.images import encode_png
 from common.schemas import RegionHeader, new_id
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from server_agent.store import Store, VersionRow
-from simulator.palette import colorize
-from tests.test_robot_support import tiny_checkpoint
+from tests.helpers.robot import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import contextlib
 
 from common.config import MqttSettings
 from common.mqtt import MqttLink, make_client
-from tests.conftest import BrokerHandle
-from tests.faultproxy import FaultProxy
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faultproxy import FaultProxy
 
 
 async def test_proxy_forwards_with_delay_and_drops() -> None:

@@ -26,17 +26,18 @@ from common.config import MqttSettings, ServerSettings, Settings
 from common.hashing import sha256_file
 from robot_agent.agent import RobotAgent
 from server_agent.agent import ServerAgent
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import (
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faultproxy import FaultProxy
+from tests.helpers.faults import (
     RestartableBroker,
     register_version,
     restartable_broker,
     sqlite_rows,
 )
-from tests.faultproxy import FaultProxy
-from tests.loop_helpers import LoopOperator
-from tests.test_robot_support import robot_settings
-from tests.test_server_util import RID
+from tests.helpers.loop import LoopOperator
+from tests.helpers.robot import robot_settings
+from tests.helpers.server import RID
 
 BROKERS = ["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)]
 
@@ -79,7 +80,9 @@ async def test_broker_restart_during_model_transfer(kind: str, tmp_path: Path) -
         async with (
             proxied(b, f"robot-{RID}", delay_ms=15) as robot_mqtt,
             ServerAgent(
-                server_cfg(b, tmp_path / "server"), base_checkpoint=rs.robot.model
+                server_cfg(b, tmp_path / "server"),
+                sets=SimulatorSets(),
+                base_checkpoint=rs.robot.model,
             ) as server,
         ):
             rs = rs.model_copy(update={"mqtt": robot_mqtt})
@@ -135,7 +138,7 @@ async def test_broker_restart_during_transfer_data(kind: str, tmp_path: Path) ->
                 assert unsent >= 40
                 ss = server_cfg(b, tmp_path / "server")
                 async with (
-                    ServerAgent(ss, base_checkpoint=rs.robot.model) as server,
+                    ServerAgent(ss, sets=SimulatorSets(), base_checkpoint=rs.robot.model) as server,
                     RobotAgent(rs, ack_timeout=4.0) as robot,
                 ):
                     await server.wait_connected()

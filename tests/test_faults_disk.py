@@ -22,9 +22,10 @@ import pytest
 
 from common.schemas import RegionsAck
 from server_agent.agent import ServerAgent
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import tree_digest
-from tests.test_server_util import (
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faults import tree_digest
+from tests.helpers.server import (
     RID,
     TOPICS,
     Peer,
@@ -107,7 +108,7 @@ async def test_server_data_dir_full_or_read_only(
         async with (
             operator(broker) as op,
             robot_peer(broker) as robot,
-            ServerAgent(ss, base_checkpoint=base) as server,
+            ServerAgent(ss, sets=SimulatorSets(), base_checkpoint=base) as server,
         ):
             await server.wait_connected()
             await send_region(robot, "before-1", "t0")
@@ -158,13 +159,15 @@ async def test_server_refuses_to_start_on_a_read_only_data_dir(
     base = tiny_checkpoint(tmp_path / "base.pt")
     async with tmpfs(tmp_path / "data") as data:
         ss = server_settings(broker, data, base_model=base)
-        async with ServerAgent(ss, base_checkpoint=base) as server:  # a store with a region
+        async with ServerAgent(
+            ss, sets=SimulatorSets(), base_checkpoint=base
+        ) as server:  # a store with a region
             await server.wait_connected()
         before = tree_digest(data)
         await asyncio.to_thread(_mount, "-o", "remount,ro", str(data))
         try:
             with pytest.raises(StorageError, match=r"(?i)read-?only"):
-                async with ServerAgent(ss, base_checkpoint=base):
+                async with ServerAgent(ss, sets=SimulatorSets(), base_checkpoint=base):
                     pass
         finally:
             await asyncio.to_thread(_mount, "-o", "remount,rw", str(data))

@@ -25,11 +25,12 @@ from common.config import MqttSettings, RobotSettings, ServerSettings, Settings
 from common.hashing import sha256_file
 from robot_agent.agent import RobotAgent
 from server_agent.agent import ServerAgent
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import sqlite_rows
-from tests.faultproxy import FaultProxy
-from tests.loop_helpers import RID, ROBOT, LoopOperator
-from tests.test_server_util import tiny_checkpoint
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faultproxy import FaultProxy
+from tests.helpers.faults import sqlite_rows
+from tests.helpers.loop import RID, ROBOT, LoopOperator
+from tests.helpers.server import tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +102,7 @@ async def test_loop_completes_over_a_dropping_network(
         )
         async with (
             LoopOperator(broker) as op,
-            ServerAgent(ss, base_checkpoint=base) as server,
+            ServerAgent(ss, sets=SimulatorSets(), base_checkpoint=base) as server,
             RobotAgent(rs, ack_timeout=5.0) as robot,
         ):
             await server.wait_connected()

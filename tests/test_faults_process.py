@@ -30,8 +30,9 @@ from robot_agent.agent import RobotAgent
 from robot_agent.model_store import ModelFiles
 from server_agent.agent import ServerAgent
 from server_agent.finetune import RESTART_REASON
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import (
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faults import (
     end,
     labeled_regions,
     register_version,
@@ -39,9 +40,9 @@ from tests.fault_helpers import (
     sqlite_rows,
     tree_digest,
 )
-from tests.loop_helpers import LoopOperator
-from tests.test_robot_support import robot_settings
-from tests.test_server_util import RID, tiny_checkpoint
+from tests.helpers.loop import LoopOperator
+from tests.helpers.robot import robot_settings
+from tests.helpers.server import RID, tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +103,9 @@ async def test_robot_sigkill_during_model_swap_runs_last_good_model(
     outcomes = []
     async with (
         LoopOperator(broker) as op,
-        ServerAgent(robot_settings_server(broker, tmp_path), base_checkpoint=base) as server,
+        ServerAgent(
+            robot_settings_server(broker, tmp_path), sets=SimulatorSets(), base_checkpoint=base
+        ) as server,
     ):
         await server.wait_connected()
         proc = await spawn_cli(argv, log)
@@ -156,7 +159,7 @@ async def test_robot_sigkill_during_model_swap_runs_last_good_model(
 
 
 def robot_settings_server(broker: BrokerHandle, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from tests.test_server_util import server_settings
+    from tests.helpers.server import server_settings
 
     return server_settings(broker, tmp_path / "server", chunk_size=4096)
 

@@ -23,10 +23,11 @@ from PIL import Image
 
 from broker.embedded import free_port
 from server_agent.agent import ServerAgent
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import end, spawn_cli
-from tests.test_server_util import make_region, server_settings, tiny_checkpoint
-from tests.test_web_helpers import png
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faults import end, spawn_cli
+from tests.helpers.server import make_region, server_settings, tiny_checkpoint
+from tests.helpers.web import png
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,7 @@ async def test_web_restart_keeps_saved_masks_and_reconnects(
     saved[: h // 2] = 8
     drawing = np.full((h, w), 255, np.uint8)
     drawing[:, : w // 2] = 0
-    async with ServerAgent(ss, base_checkpoint=base) as server:
+    async with ServerAgent(ss, sets=SimulatorSets(), base_checkpoint=base) as server:
         await server.wait_connected()
         await asyncio.to_thread(server.store.add_region, header, crop, pred)
         web = await spawn_cli(argv, tmp_path / "web.log", env)

@@ -19,9 +19,12 @@ from common.schemas import Event
 from common.topics import Topics
 from robot_agent.agent import RobotAgent
 from server_agent.agent import ServerAgent
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import corpus, raw_envelope, tree_digest
-from tests.loop_helpers import LoopOperator
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faults import corpus, raw_envelope, tree_digest
+from tests.helpers.loop import LoopOperator
+from tests.helpers.robot import robot_settings
+from tests.helpers.server import make_region, server_settings
 from tests.test_fuzz_handlers import (
     CHUNK_BASE,
     REGION_BASE,
@@ -30,8 +33,6 @@ from tests.test_fuzz_handlers import (
     envelope_payloads,
     image_parts,
 )
-from tests.test_robot_support import robot_settings
-from tests.test_server_util import make_region, server_settings
 
 T = Topics("ars")
 RID = "rover1"
@@ -46,7 +47,7 @@ def payloads() -> list[bytes]:
 async def test_corpus_through_the_broker_changes_nothing(
     kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.conftest import amqtt_broker, mosquitto_broker
+    from tests.helpers.brokers import amqtt_broker, mosquitto_broker
 
     factory = amqtt_broker if kind == "amqtt" else mosquitto_broker
     async with factory(tmp_path) as broker:
@@ -72,7 +73,7 @@ async def _run(
     }
     async with (
         LoopOperator(broker) as op,
-        ServerAgent(ss, base_checkpoint=rs.robot.model) as server,
+        ServerAgent(ss, sets=SimulatorSets(), base_checkpoint=rs.robot.model) as server,
         RobotAgent(rs) as robot,
     ):
         await server.wait_connected()

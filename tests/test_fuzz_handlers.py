@@ -5,7 +5,7 @@ dispatcher calls, the server's ``_route(topic, payload)``, the relay's ``route(t
 with payloads that hypothesis generates from valid messages by mutation (fields replaced,
 removed or added; NaN, negative and huge numbers; ids with ``/`` and ``..``; truncation; random
 bytes; envelopes whose declared lengths lie) plus the hand-made corpus of
-``tests/fault_helpers.corpus``. The property, for every payload: the handler returns, or raises
+``tests/helpers/faults.corpus``. The property, for every payload: the handler returns, or raises
 an ``ArsError`` with a message (which the dispatcher turns into the error event); any other
 exception is a bug. After all of them the agent's data directory (files and SQLite rows) is
 unchanged and the agent still answers a real command.
@@ -35,11 +35,12 @@ from common.schemas import ROBOT_COMMANDS, SERVER_COMMANDS
 from common.topics import Topics
 from robot_agent.agent import RobotAgent
 from server_agent.agent import ServerAgent
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import bomb_png, corpus, raw_envelope, tree_digest
-from tests.test_robot_support import operator as robot_operator
-from tests.test_robot_support import robot_settings
-from tests.test_server_util import make_region, server_settings, tiny_checkpoint
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faults import bomb_png, corpus, raw_envelope, tree_digest
+from tests.helpers.robot import operator as robot_operator
+from tests.helpers.robot import robot_settings
+from tests.helpers.server import make_region, server_settings, tiny_checkpoint
 
 T = Topics("ars")
 RID = "rover1"
@@ -301,15 +302,12 @@ async def test_robot_handlers_refuse_bad_payloads(
     }
     async with robot_operator(broker) as op, RobotAgent(rs) as robot:
         await op.wait(lambda: [s for s in op.states() if s.online])
-        routes = {
-            T.robot_cmd(RID): robot.commands.on_payload,
-            T.robot_regions_ack(RID): robot._on_ack,
-            T.model_offer(RID): robot.updater.on_offer,
-            T.model_chunk(RID): robot.updater.on_chunk,
-        }
+        routes = robot.routes()  # the dispatcher's own handlers
 
         async def route(topic: str, payload: bytes) -> None:
-            await routes[topic](payload, topic)
+            found = routes.match(topic)
+            assert found is not None, topic
+            await found[0](payload, topic)
 
         running = robot.slot.current.sha256
         before = tree_digest(rs.data_dir)
@@ -374,7 +372,7 @@ async def test_server_handlers_refuse_bad_payloads(
     for i, pair in enumerate(pairs):
         h = {**header.model_dump(mode="json"), "type": "region", "region_id": f"bad-{i}"}
         plan["regions"][1].append(raw_envelope(h, pair))
-    async with ServerAgent(ss, base_checkpoint=base) as server:
+    async with ServerAgent(ss, sets=SimulatorSets(), base_checkpoint=base) as server:
         await server.wait_connected()
         # one real region, so get_region/submit_annotation have something to refuse against
         real, rc, rm = make_region(region_id="real-1")

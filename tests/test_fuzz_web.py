@@ -1,6 +1,6 @@
 """Bad input on the web app: its WebSocket and its HTTP endpoints (the editor API).
 
-The app runs with its MQTT relay on a real broker and a stand-in server (tests/test_web_helpers).
+The app runs with its MQTT relay on a real broker and a stand-in server (tests/helpers/web.py).
 Hypothesis draws WebSocket messages by mutating valid ones (commands, requests, select, ping)
 and adds the shared corpus as text and binary frames; every bad one is answered with an
 ``error`` (or a reply with ``ok: false``) and the socket stays open. HTTP: region ids with path
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import bomb_png, corpus
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faults import bomb_png, corpus
+from tests.helpers.web import fake_server, png, start_client
 from tests.test_fuzz_handlers import TRIED, draw_many, json_payloads
-from tests.test_web_helpers import fake_server, png, start_client
 
 WS_BASES: list[dict[str, Any]] = [
     {"type": "command", "id": "1", "robot_id": "rover1", "cmd": "start_segmentation", "args": {}},

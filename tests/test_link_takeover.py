@@ -21,8 +21,8 @@ from common.config import MqttSettings, Settings, WebSettings
 from common.mqtt import MqttLink
 from common.schemas import Event
 from common.topics import Topics
-from tests.conftest import BrokerHandle
-from tests.deafproxy import DeafProxy
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.deafproxy import DeafProxy
 from tests.test_broker_security import Raw, connect_packet
 
 TOPICS = Topics("ars")
@@ -151,7 +151,8 @@ async def wait_event(link: MqttLink, source: str, since: float) -> Event:
 
 async def test_server_agent_warns_when_deaf(broker: BrokerHandle, tmp_path: Path) -> None:
     from server_agent.agent import ServerAgent
-    from tests.test_server_util import server_settings
+    from simulator.sets import SimulatorSets
+    from tests.helpers.server import server_settings
 
     async with DeafProxy("127.0.0.1", broker.port) as proxy:
         settings = server_settings(broker, tmp_path / "server").model_copy(
@@ -161,7 +162,7 @@ async def test_server_agent_warns_when_deaf(broker: BrokerHandle, tmp_path: Path
             MqttLink(
                 broker.mqtt("operator"), client_id="obs", subscriptions=[(TOPICS.server_events, 1)]
             ) as observer,
-            ServerAgent(settings) as server,
+            ServerAgent(settings, sets=SimulatorSets()) as server,
         ):
             await observer.wait_connected(10)
             await server.wait_connected(10)
@@ -174,7 +175,7 @@ async def test_server_agent_warns_when_deaf(broker: BrokerHandle, tmp_path: Path
 
 async def test_robot_agent_warns_when_deaf(broker: BrokerHandle, tmp_path: Path) -> None:
     from robot_agent.agent import RobotAgent
-    from tests.test_robot_support import RID, robot_settings
+    from tests.helpers.robot import RID, robot_settings
 
     async with DeafProxy("127.0.0.1", broker.port) as proxy:
         settings = robot_settings(broker, tmp_path).model_copy(
@@ -200,7 +201,7 @@ async def test_robot_agent_warns_when_deaf(broker: BrokerHandle, tmp_path: Path)
 async def test_web_warns_browsers_when_deaf(
     aiohttp_client: Any, broker: BrokerHandle, tmp_path: Path
 ) -> None:
-    from tests.test_web_helpers import recv_type
+    from tests.helpers.web import recv_type
     from web.app import create_app
     from web.state import STATE
 

@@ -22,8 +22,9 @@ from common.config import Settings
 from common.hashing import sha256_file
 from robot_agent.agent import RobotAgent
 from server_agent.agent import ServerAgent
-from tests.conftest import BrokerHandle
-from tests.loop_helpers import (
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.loop import (
     FRAMES,
     RID,
     SERVER,
@@ -65,7 +66,7 @@ async def test_full_loop_on_the_embedded_broker(
             assert unsent == stopped.data["candidates"] >= FRAMES
             fig.values["frames"] = robot.frames
 
-        async with ServerAgent(ss, base_checkpoint=base) as server:
+        async with ServerAgent(ss, sets=SimulatorSets(), base_checkpoint=base) as server:
             await server.wait_connected()
             async with RobotAgent(rs) as robot:
                 assert robot.store.unsent_count == unsent  # nothing lost in the restart
@@ -102,7 +103,10 @@ async def test_full_loop_on_the_embedded_broker(
             assert closed.data["labeled"] == data["regions"]
 
         # --- a server restart: regions and annotations stay; Start FineTune ----------------
-        async with ServerAgent(ss, base_checkpoint=base) as server, RobotAgent(rs) as robot:
+        async with (
+            ServerAgent(ss, sets=SimulatorSets(), base_checkpoint=base) as server,
+            RobotAgent(rs) as robot,
+        ):
             await server.wait_connected()
             assert server.store.counts() == (data["regions"], data["regions"])
             await op.robot_runs("base")

@@ -18,8 +18,8 @@ import pytest
 
 from common.hashing import sha256_file
 from common.schemas import Event, ServerState
-from tests.conftest import BrokerHandle
-from tests.loop_helpers import (
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.loop import (
     FRAMES,
     RID,
     SERVER,

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from models.training import evaluate, heldout_set
+from models.data import INFER_HW
+from models.training import evaluate
+from simulator.sets import heldout_set
 
 
 def test_base_checkpoint_metadata() -> None:
@@ -23,7 +25,7 @@ def test_base_checkpoint_measures_what_it_claims() -> None:
     """A few fresh held-out frames (another seed than the stored figures) agree with them."""
     torch.set_num_threads(1)
     model, meta = load_checkpoint(DEFAULT_CHECKPOINT)
-    urban = evaluate(model, heldout_set("urban", 6, seed=7))
-    rural = evaluate(model, heldout_set("rural", 6, seed=7))
+    urban = evaluate(model, heldout_set("urban", 6, 7, INFER_HW))
+    rural = evaluate(model, heldout_set("rural", 6, 7, INFER_HW))
     assert urban == pytest.approx(meta.metrics["urban_miou"], abs=0.12)
     assert rural < 0.75 * urban

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.classes import CLASS_NAMES
 from common.errors import ModelError
 from models.checkpoint import (
     checkpoint_bytes,
@@ -16,7 +17,6 @@ from models.checkpoint import (
     weights_sha256,
 )
 from models.network import SegNet, build_model
-from simulator.palette import CLASS_NAMES
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from models import evaluate_cli, pretrain_cli
+from ars.commands import evaluate as evaluate_cli
+from ars.commands import pretrain as pretrain_cli
+from ars.commands.cli_util import parse_hw
 from models.checkpoint import load_checkpoint
-from models.cli_util import parse_hw
 
 
 def _parse(module: object, argv: list[str]) -> argparse.Namespace:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from common.classes import RARE_CLASSES
 from models.entropy import frame_score, normalized_entropy, rare_factor
 from models.mining import hardest_window, hardest_window_reference, mine
-from simulator.palette import RARE_CLASSES
 
 
 def test_entropy_uniform_is_one_and_confident_is_zero() -> None:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from common.errors import ModelError
-from models.data import region_sample, resize_sample
+from common.samples import resize_sample
+from models.data import region_training_sample
 from models.network import ARCHS, MEAN, STD, build_model, predict, preprocess
 from models.transforms import random_pair
 
@@ -92,15 +93,25 @@ def test_paired_transforms_keep_image_and_mask_aligned() -> None:
     assert torch.equal(img[0], image[0])
 
 
-def test_region_sample_labels_only_the_box() -> None:
+def test_region_training_sample_follows_the_protocol_rule() -> None:
+    """A 4x2 crop at (8, 4) of a 16x8 frame, trained at 8x4 (scale 0.5): 2x1 at (4, 2)."""
+    crop = np.zeros((2, 4, 3), dtype=np.uint8)
+    crop[:, :2] = (200, 100, 0)  # left half
+    crop[:, 2:] = (0, 100, 200)  # right half
+    label = np.array([[1, 1, 2, 2], [1, 1, 2, 2]], dtype=np.uint8)
+    sample = region_training_sample(crop, label, (8, 4, 4, 2), (16, 8), (4, 8))
+    assert sample.image.shape == (4, 8, 3) and sample.label.shape == (4, 8)
+    expected = np.full((4, 8), 255, dtype=np.uint8)
+    expected[2, 4:6] = [1, 2]
+    assert np.array_equal(sample.label, expected)
+    # outside the region: the crop's mean colour
+    assert sample.image[0, 0].tolist() == [100, 100, 100]
+    assert int((sample.label != 255).sum()) == 2
+
+
+def test_resize_sample_keeps_a_sample_at_its_size() -> None:
     frame = np.zeros((48, 64, 3), dtype=np.uint8)
-    crop = np.full((24, 32), 7, dtype=np.uint8)
-    s = region_sample(frame, (16, 8, 32, 24), crop, size=None)
-    assert (s.label[8:32, 16:48] == 7).all()
-    assert (s.label == 255).sum() == 48 * 64 - 24 * 32
-    small = region_sample(frame, (16, 8, 32, 24), crop, size=(24, 32))
-    assert small.image.shape == (24, 32, 3)
-    assert (small.label == 7).sum() == 12 * 16
-    with pytest.raises(ValueError, match="do not fit"):
-        region_sample(frame, (40, 8, 32, 24), crop)
-    assert resize_sample(frame, s.label, (48, 64)).label is s.label
+    label = np.full((48, 64), 7, dtype=np.uint8)
+    assert resize_sample(frame, label, (48, 64)).label is label
+    small = resize_sample(frame, label, (24, 32))
+    assert small.image.shape == (24, 32, 3) and (small.label == 7).all()

@@ -13,10 +13,9 @@ from models.training import (
     class_weights,
     evaluate,
     finetune,
-    heldout_set,
-    source_replay_set,
     trainable_parameters,
 )
+from simulator.sets import heldout_set, pool_set, source_replay_set
 
 COLOURS = {0: (200, 40, 40), 1: (40, 200, 40), 2: (40, 40, 200)}
 
@@ -165,7 +164,7 @@ def test_simulator_sets_are_resized_and_disjoint() -> None:
     assert set(np.unique(urban[0].label).tolist()) <= {*range(19), 255}
     assert not np.array_equal(urban[0].image, replay[0].image)
     with pytest.raises(ValueError, match="domain"):
-        heldout_set("desert", 1)
+        heldout_set("desert", 1, 0, (60, 80))
 
 
 def test_pretrain_stops_on_its_time_budget() -> None:
@@ -177,7 +176,7 @@ def test_pretrain_stops_on_its_time_budget() -> None:
         steps=10_000,
         batch_size=2,
         size=(48, 64),
-        pool_size=2,
+        pool_samples=pool_set(2, 0, (48, 64)),
         time_budget_s=1.5,
         progress=seen.append,
     )

@@ -14,8 +14,8 @@ from common.images import encode_jpeg
 from common.schemas import Event, PreviewHeader, RobotState
 from robot_agent.agent import RobotAgent
 from robot_agent.sources import CameraFrame
-from tests.conftest import BrokerHandle
-from tests.test_robot_support import (
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.robot import (
     RID,
     Operator,
     noise,

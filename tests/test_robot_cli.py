@@ -7,8 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.conftest import BrokerHandle
-from tests.test_robot_support import RID, Operator, robot_settings
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.robot import RID, Operator, robot_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

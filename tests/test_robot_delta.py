@@ -24,11 +24,12 @@ from robot_agent.agent import RobotAgent
 from robot_agent.chunk_file import ChunkFile
 from server_agent.agent import ServerAgent
 from server_agent.store import Store, VersionRow
-from tests.conftest import BrokerHandle
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.robot import RID, Operator, robot_settings
+from tests.helpers.server import operator, server_settings
 from tests.test_models_delta import finetuned_pair
 from tests.test_robot_model import send_chunks
-from tests.test_robot_support import RID, Operator, robot_settings
-from tests.test_server_util import operator, server_settings
 
 VERSION = f"{RID}-v1"
 
@@ -71,7 +72,9 @@ async def transfer(broker: BrokerHandle, tmp_path: Path, robot_base_seed: int) -
         operator(broker) as op,
         Operator(broker) as rop,
         RobotAgent(rs) as robot,
-        ServerAgent(ss, base_checkpoint=tmp_path / "server-base.pt") as server,
+        ServerAgent(
+            ss, sets=SimulatorSets(), base_checkpoint=tmp_path / "server-base.pt"
+        ) as server,
     ):
         await server.wait_connected()
         for _ in range(100):  # the server has read the robot's state: it knows its model

@@ -14,8 +14,8 @@ from common.schemas import ChunkHeader, ModelOffer, PreviewHeader
 from models.checkpoint import checkpoint_bytes
 from models.network import build_model
 from robot_agent.agent import RobotAgent
-from tests.conftest import BrokerHandle
-from tests.test_robot_support import RID, Operator, preview_parts, robot_settings
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.robot import RID, Operator, preview_parts, robot_settings
 
 CHUNK = 8 * 1024
 

@@ -18,8 +18,8 @@ from robot_agent.agent import RobotAgent
 from robot_agent.bag_source import BagSource
 from robot_agent.sources import CameraFrame, open_source
 from robot_agent.video_source import VideoSource
-from tests.conftest import BrokerHandle
-from tests.recordings import (
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.recordings import (
     STEP_NS,
     T0_NS,
     compressed_message,
@@ -31,7 +31,7 @@ from tests.recordings import (
     write_ros2_bag,
     write_video,
 )
-from tests.test_robot_support import operator, robot_settings
+from tests.helpers.robot import operator, robot_settings
 
 N = 6
 BAG_IDS = [f"bag-{T0_NS + i * STEP_NS}" for i in range(N)]

@@ -9,8 +9,8 @@ from common.envelope import decode
 from common.schemas import RegionHeader, RegionsAck, TransferManifest
 from robot_agent.agent import RobotAgent
 from robot_agent.transfer import select
-from tests.conftest import BrokerHandle
-from tests.test_robot_support import RID, Operator, Received, robot_settings
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.robot import RID, Operator, Received, robot_settings
 
 
 class AckingServer:

@@ -22,7 +22,7 @@ from robot_agent.mailbox import LatestMailbox
 from robot_agent.model_store import ModelFiles
 from robot_agent.sources import FolderSource, MqttSource, Pacer, SimSource, open_source
 from robot_agent.transfer import full_frames_bytes, select
-from tests.test_robot_support import noise, tiny_checkpoint, write_noise_frames
+from tests.helpers.robot import noise, tiny_checkpoint, write_noise_frames
 
 
 async def test_mailbox_keeps_only_the_newest() -> None:

@@ -12,8 +12,9 @@ from PIL import Image
 from common.images import PNG_SIGNATURE, decode_mask, encode_jpeg, encode_png
 from common.schemas import ServerState
 from server_agent.agent import ServerAgent
-from tests.conftest import BrokerHandle
-from tests.test_server_util import (
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.server import (
     RID,
     TOPICS,
     make_region,
@@ -67,7 +68,7 @@ async def test_annotation_session_order_validation_and_restart(
 ) -> None:
     settings = server_settings(broker, tmp_path / "server")
     async with operator(broker) as op:
-        async with ServerAgent(settings) as server:
+        async with ServerAgent(settings, sets=SimulatorSets()) as server:
             await server.wait_connected()
             # out of order: nothing to annotate yet, no session to stop
             ev = await op.final(RID, "start_annotation")
@@ -132,7 +133,7 @@ async def test_annotation_session_order_validation_and_restart(
             assert state.annotation.done == 2 and state.annotated == 1 and state.regions == 4
 
         # restart: the session and the annotation survive
-        async with ServerAgent(settings) as server:
+        async with ServerAgent(settings, sets=SimulatorSets()) as server:
             await server.wait_connected()
             header, parts = await op.request("get_region", {"region_id": hardest})
             assert header["annotated"] is True

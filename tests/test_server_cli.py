@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from common.schemas import ServerState
-from tests.conftest import BrokerHandle
-from tests.test_server_util import TOPICS, Peer
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.server import TOPICS, Peer
 
 
 async def test_ars_server_runs_and_stops_on_sigterm(broker: BrokerHandle, tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ from models.checkpoint import load_checkpoint
 from server_agent.agent import ServerAgent
 from server_agent.finetune import RESTART_REASON
 from server_agent.store import Store
-from tests.conftest import BrokerHandle
-from tests.test_server_util import (
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.server import (
     RID,
     TOPICS,
     make_region,
@@ -59,7 +60,10 @@ async def test_finetune_rejects_then_trains_and_registers_a_version(
 ) -> None:
     base = tiny_checkpoint(tmp_path / "base.pt")
     settings = server_settings(broker, tmp_path / "server", iterations=3)
-    async with operator(broker) as op, ServerAgent(settings, base_checkpoint=base) as server:
+    async with (
+        operator(broker) as op,
+        ServerAgent(settings, sets=SimulatorSets(), base_checkpoint=base) as server,
+    ):
         await server.wait_connected()
         ev = await op.final(RID, "start_finetune")
         assert ev.kind == "rejected" and "no annotations" in ev.msg
@@ -135,7 +139,10 @@ async def test_second_finetune_rejected_and_cancel_works(
 ) -> None:
     base = tiny_checkpoint(tmp_path / "base.pt")
     settings = server_settings(broker, tmp_path / "server")
-    async with operator(broker) as op, ServerAgent(settings, base_checkpoint=base) as server:
+    async with (
+        operator(broker) as op,
+        ServerAgent(settings, sets=SimulatorSets(), base_checkpoint=base) as server,
+    ):
         await server.wait_connected()
         ids = await _send_regions(broker, 1)
         reply, _ = await op.request("submit_annotation", {"region_id": ids[0]}, [make_mask_png()])
@@ -163,7 +170,7 @@ async def test_job_left_running_by_a_crash_is_failed_on_restart(
     store = Store(tmp_path / "server")
     store.add_job("job1", RID, "cmd1")
     store.close()
-    async with operator(broker) as op, ServerAgent(settings) as server:
+    async with operator(broker) as op, ServerAgent(settings, sets=SimulatorSets()) as server:
         await server.wait_connected()
         ev = await op.event("cmd1", ("failed",))
         assert RESTART_REASON in ev.msg and ev.data == {"robot_id": RID, "job_id": "job1"}
@@ -192,7 +199,10 @@ async def test_finetune_iterations_follow_the_labeled_pixels(
     settings = server_settings(
         broker, tmp_path / "server", iterations=2, iterations_per_frame=20, iterations_cap=40
     )
-    async with operator(broker) as op, ServerAgent(settings, base_checkpoint=base) as server:
+    async with (
+        operator(broker) as op,
+        ServerAgent(settings, sets=SimulatorSets(), base_checkpoint=base) as server,
+    ):
         await server.wait_connected()
         await _send_regions(broker, 3)
         assert (await op.final(RID, "start_annotation")).kind == "done"

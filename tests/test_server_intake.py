@@ -12,8 +12,9 @@ from common.envelope import encode
 from common.images import encode_png
 from common.schemas import RegionsAck
 from server_agent.agent import ServerAgent
-from tests.conftest import BrokerHandle
-from tests.test_server_util import (
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.server import (
     RID,
     TOPICS,
     make_region,
@@ -44,7 +45,11 @@ async def test_regions_are_stored_deduplicated_and_acked(
 ) -> None:
     settings = server_settings(broker, tmp_path / "server")
     regions = [make_region(score=s, seed=i) for i, s in enumerate((0.2, 0.9, 0.5))]
-    async with ServerAgent(settings) as server, robot_peer(broker) as robot, operator(broker) as op:
+    async with (
+        ServerAgent(settings, sets=SimulatorSets()) as server,
+        robot_peer(broker) as robot,
+        operator(broker) as op,
+    ):
         await server.wait_connected()
         topic = TOPICS.robot_regions(RID)
         for header, crop, mask in regions:
@@ -91,7 +96,11 @@ async def test_bad_regions_are_refused_and_the_store_is_unchanged(
     wrong_size = make_region(region_id="wrongsize")
     wrong_mask = make_region(region_id="wrongmask")
     bad_class = make_region(region_id="badclass")
-    async with ServerAgent(settings) as server, robot_peer(broker) as robot, operator(broker) as op:
+    async with (
+        ServerAgent(settings, sets=SimulatorSets()) as server,
+        robot_peer(broker) as robot,
+        operator(broker) as op,
+    ):
         await server.wait_connected()
         topic = TOPICS.robot_regions(RID)
         await robot.link.publish(topic, region_payload(*good))

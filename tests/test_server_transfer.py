@@ -11,8 +11,9 @@ from common.hashing import hmac_sha256, sha256_bytes, sha256_file
 from common.schemas import ChunkHeader, ModelOffer, ModelRef, ModelStatus, RobotState
 from server_agent.agent import ServerAgent
 from server_agent.store import Store, VersionRow
-from tests.conftest import BrokerHandle
-from tests.test_server_util import (
+from simulator.sets import SimulatorSets
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.server import (
     RID,
     TOPICS,
     Peer,
@@ -86,13 +87,13 @@ async def test_transfer_model_nothing_new_then_chunks_resend_and_active(
     settings = server_settings(broker, tmp_path / "server")
     settings = settings.model_copy(update={"model_key": "k3y"})
     async with operator(broker) as op, robot_peer(broker) as robot:
-        async with ServerAgent(settings) as server:
+        async with ServerAgent(settings, sets=SimulatorSets()) as server:
             await server.wait_connected()
             ev = await op.final(RID, "transfer_model")
             assert ev.kind == "rejected" and "no new model" in ev.msg
 
         path = register(tmp_path / "server", f"{RID}-v1", rural=0.40, rural_before=0.30)
-        async with ServerAgent(settings) as server:
+        async with ServerAgent(settings, sets=SimulatorSets()) as server:
             await server.wait_connected()
             command = await op.command(RID, "transfer_model")
             offer, data, asked = await receive(robot, drop=1)
@@ -126,7 +127,7 @@ async def test_gate_refuses_a_worse_model_unless_forced(
         # the robot's retained state says it runs the base model
         state = RobotState(robot_id=RID, online=True, model=ModelRef(version="base-tiny"))
         await robot.link.publish(TOPICS.robot_state(RID), state.to_json(), retain=True)
-        async with ServerAgent(settings) as server:
+        async with ServerAgent(settings, sets=SimulatorSets()) as server:
             await server.wait_connected()
             ev = await op.final(RID, "transfer_model")
             assert ev.kind == "rejected" and "0.2000" in ev.msg and "0.3500" in ev.msg
@@ -158,7 +159,7 @@ async def test_a_robot_restart_ends_its_transfer_and_a_new_one_starts(
     async with operator(broker) as op, robot_peer(broker) as robot:
         state = RobotState(robot_id=RID, online=True, model=ModelRef(version="base-tiny"))
         await robot.link.publish(TOPICS.robot_state(RID), state.to_json(), retain=True)
-        async with ServerAgent(settings) as server:
+        async with ServerAgent(settings, sets=SimulatorSets()) as server:
             await server.wait_connected()
             command = await op.command(RID, "transfer_model")
             assert (await op.event(command.id, ("accepted", "rejected"))).kind == "accepted"

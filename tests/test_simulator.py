@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.classes import CLASS_NAMES, IGNORE, PALETTE, RARE_CLASSES, colorize
 from common.errors import ConfigError, ProtocolError
 from simulator.bench import bench_sim
 from simulator.drive import Drive, frame_from_id
 from simulator.gallery import gallery_array
 from simulator.oracle import OracleAnnotator
-from simulator.palette import CLASS_NAMES, IGNORE, PALETTE, RARE_CLASSES, colorize
 from simulator.scene import Frame, render_frame
 
 W, H = 160, 120

@@ -8,10 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from common.classes import SIDEWALK, TRAFFIC_SIGN, WALL
 from simulator.drive import Drive, frame_from_id
 from simulator.looks import ROUTE_LOOKS, SIGN_POST, cell_objects
 from simulator.oracle import OracleAnnotator
-from simulator.palette import SIDEWALK, TRAFFIC_SIGN, WALL
 from simulator.route import MAX_STRETCH_M, MIN_STRETCH_M, route_plan
 from simulator.scene import SPEED, START, route_stretch
 

@@ -27,11 +27,12 @@ from playwright.async_api import Page, ViewportSize, async_playwright, expect
 from broker.embedded import free_port
 from models.checkpoint import load_checkpoint
 from simulator.oracle import OracleAnnotator
-from tests.conftest import BrokerHandle
-from tests.loop_helpers import SERVER as LOOP_SERVER
-from tests.loop_helpers import base_checkpoint
-from tests.test_server_util import Peer
-from tests.ui_helpers import (
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.layout import WIDTHS, check_layout
+from tests.helpers.loop import SERVER as LOOP_SERVER
+from tests.helpers.loop import base_checkpoint
+from tests.helpers.server import Peer
+from tests.helpers.ui import (
     INFER_HW,
     RID,
     Clock,
@@ -46,7 +47,6 @@ from tests.ui_helpers import (
     stroke,
     write_config,
 )
-from tests.ui_layout import WIDTHS, check_layout
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -12,11 +12,11 @@ import pytest
 from playwright.async_api import async_playwright, expect
 
 from broker.embedded import free_port
-from tests.conftest import BrokerHandle
-from tests.fault_helpers import end, spawn_cli
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.faults import end, spawn_cli
+from tests.helpers.layout import WIDTHS, check_layout
+from tests.helpers.ui import launch_chromium
 from tests.test_faults_web import wait_http
-from tests.ui_helpers import launch_chromium
-from tests.ui_layout import WIDTHS, check_layout
 
 pytestmark = [pytest.mark.browser]
 

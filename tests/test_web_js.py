@@ -95,3 +95,23 @@ def test_js_fill_over_labels_stops_at_edges_and_keeps_the_rest() -> None:
     assert result["all"] == [8] * 80  # without labels one seed takes everything, as before
     rows = [result["local"][y * 16 : (y + 1) * 16] for y in range(5)]
     assert all(row == [8] * 10 + [255] * 6 for row in rows), rows
+
+
+def test_js_palette_takes_the_hello_class_list() -> None:
+    """palette.js holds no class list of its own: the hello's names and colours fill it."""
+    from web.ws import hello_classes
+
+    classes = hello_classes()
+    result = run_js(
+        f"import * as P from '{(STATIC / 'palette.js').as_uri()}';\n"
+        "const before = P.CLASS_NAMES.length;\n"
+        f"P.setClasses({json.dumps(classes)});\n"
+        "console.log(JSON.stringify({before, names: P.CLASS_NAMES, car: P.cssColor(13),"
+        " ignore: P.IGNORE}));"
+    )
+    assert result == {
+        "before": 0,
+        "names": classes["names"],
+        "car": "rgb(0, 0, 142)",
+        "ignore": 255,
+    }

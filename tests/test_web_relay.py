@@ -12,9 +12,10 @@ from aiohttp import WSCloseCode, WSMsgType
 from PIL import Image
 
 from common import envelope
+from common.classes import CLASS_NAMES, IGNORE, PALETTE
 from common.mqtt import MqttLink
 from common.schemas import Command, Event, PreviewHeader, RobotState, ServerState
-from tests.test_web_helpers import (
+from tests.helpers.web import (
     TOPICS,
     fake_server,
     listener,
@@ -121,6 +122,9 @@ async def test_state_and_events_relayed_with_catch_up(aiohttp_client: Any, broke
         ws = await client.ws_connect("/ws")
         hello = await recv_type(ws, "hello")
         assert "start_segmentation" in hello["commands"] and "rollback" in hello["commands"]
+        classes = hello["classes"]  # the page draws with the server's class list, not its own
+        assert classes["names"] == list(CLASS_NAMES) and classes["ignore"] == IGNORE
+        assert classes["colours"] == PALETTE.tolist() and classes["colours"][13] == [0, 0, 142]
         snap = await recv_type(ws, "robot_state")  # catch-up snapshot
         assert snap["robot_id"] == "rover1" and snap["state"]["fps"] == 4.5
         assert snap["state"]["candidates"] == 7 and snap["state"]["segmenting"] is True
@@ -170,10 +174,9 @@ async def test_command_relayed_as_command_on_robot_topic(aiohttp_client: Any, br
         )
         reply = await recv_type(ws, "reply")
         assert reply["id"] == "b1" and reply["ok"] is True
-        message = await asyncio.wait_for(anext(sub.messages()), 5)
-        assert str(message.topic) == "ars/robots/rover2/cmd"
-        assert isinstance(message.payload, bytes)
-        command = Command.model_validate_json(message.payload)
+        topic, payload = await asyncio.wait_for(anext(sub.messages()), 5)
+        assert topic == "ars/robots/rover2/cmd"
+        command = Command.model_validate_json(payload)
         assert command.cmd == "start_finetune" and command.id == reply["data"]["command_id"]
         await ws.close()
 

@@ -10,7 +10,7 @@ import pytest
 
 from common.config import WebSettings
 from common.errors import ConfigError
-from tests.test_web_helpers import recv_type, start_client
+from tests.helpers.web import recv_type, start_client
 from web import security
 
 TOKEN = "s3cret-token-123"
@@ -156,7 +156,7 @@ def test_host_names_parsed_and_served() -> None:
 async def test_dns_rebinding_refused_on_http_and_websocket(
     aiohttp_client: Any, broker: Any
 ) -> None:
-    from tests.test_web_helpers import fake_server
+    from tests.helpers.web import fake_server
 
     async with fake_server(broker) as server:
         client = await start_client(aiohttp_client, broker, allowed_hosts=["ars.lab.example"])
@@ -198,8 +198,8 @@ async def test_sixteen_bit_and_lossy_masks_refused_with_reason(
     import numpy as np
 
     from common.images import encode_jpeg
+    from tests.helpers.web import fake_server, png
     from tests.test_server_annotation import png16, png16_rgb
-    from tests.test_web_helpers import fake_server, png
 
     async with fake_server(broker) as server:
         client = await start_client(aiohttp_client, broker)

@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from common.config import MqttSettings, Settings
+from common.config import Settings
+from common.credentials import client_mqtt
 from web.app import create_app
 from web.security import is_loopback
-
-WEB_USER = "operator"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,24 +36,8 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {"web": out} if out else {}
 
 
-def operator_mqtt(settings: Settings) -> MqttSettings:
-    """The configured broker URL; without a user, the local ``ars up`` operator credentials."""
-    mqtt = settings.mqtt
-    if urlsplit(mqtt.url).username or mqtt.username:
-        return mqtt
-    secrets_file = settings.data_dir / "secrets" / "mqtt.json"
-    if not secrets_file.is_file():
-        return mqtt
-    passwords = json.loads(secrets_file.read_text(encoding="utf-8"))
-    if WEB_USER not in passwords:
-        return mqtt
-    parts = urlsplit(mqtt.url)
-    netloc = f"{quote(WEB_USER)}:{quote(passwords[WEB_USER])}@{parts.netloc}"
-    return mqtt.model_copy(update={"url": f"{parts.scheme}://{netloc}"})
-
-
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    settings = settings.model_copy(update={"mqtt": operator_mqtt(settings)})
+    settings = settings.model_copy(update={"mqtt": client_mqtt(settings)})
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()

@@ -14,13 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from common.classes import IGNORE, NUM_CLASSES
 from common.errors import ProtocolError
 from common.images import check_mask_png, decode_rgb, encode_png
 from web.relay import Relay, ReplyMessage
 
 PARTS = {"crop": 0, "pred": 1, "annotation": 2}
-NUM_CLASSES = 19
-IGNORE = 255
 
 
 class RegionCache:

@@ -12,14 +12,16 @@ import json
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from common import envelope
 from common.config import Settings
 from common.errors import ArsError, ProtocolError
+from common.ids import is_safe_id
 from common.mqtt import MqttLink
+from common.router import Router
 from common.schemas import (
     Command,
     Event,
@@ -95,6 +97,7 @@ class Relay:
         self._losses: list[tuple[int, float]] = []
         self.received = 0
         self.rejected = 0
+        self._router = self.routes()
 
     # --- browsers --------------------------------------------------------------------------
     def attach(self, queue: LatestWinsQueue) -> None:
@@ -142,61 +145,68 @@ class Relay:
     # --- MQTT -> browsers ------------------------------------------------------------------
     async def run(self) -> None:
         """The one reader task: route every message, never awaiting a browser."""
-        async for message in self.link.messages():
-            topic = str(message.topic)
-            payload = message.payload
-            if not isinstance(payload, bytes | bytearray):
-                payload = str(payload or "").encode()
+        async for topic, payload in self.link.messages():
             try:
-                self.route(topic, bytes(payload))
+                self.route(topic, payload)
                 self.received += 1
             except ProtocolError as exc:
                 self.rejected += 1
                 logger.warning("web relay dropped a message topic=%s: %s", topic, exc)
 
+    def routes(self) -> Router[Callable[..., None]]:
+        """One handler per subscribed topic filter; robot handlers take the robot id first."""
+        t = self.topics
+        router: Router[Callable[..., None]] = Router()
+        router.add(self.reply_topic, self._on_reply)
+        router.add(t.server_state, self._on_server_state)
+        router.add(t.server_events, self._on_server_event)
+        router.add(t.all_robots("preview"), self._preview)
+        router.add(t.all_robots("state"), self._on_robot_state)
+        router.add(t.all_robots("events"), self._on_robot_event)
+        router.add(t.all_robots("model/status"), self._on_model_status)
+        return router
+
     def route(self, topic: str, payload: bytes) -> None:
         """Validate one message and hand it to the browsers; ProtocolError if malformed."""
         if not payload:
             return  # a cleared retained message
-        if topic == self.reply_topic:
-            self._resolve(payload)
-            return
-        if topic == self.topics.server_state:
-            state = parse_json(ServerState, payload, where=topic)
-            self._retain(
-                ("server_state",), _text("server_state", state=state.model_dump(mode="json"))
-            )
-            return
-        if topic == self.topics.server_events:
-            event = parse_json(Event, payload, where=topic)
-            if event.kind == "progress":
-                self._remember_progress(event)
-            self.broadcast(_text("server_event", event=event.model_dump(mode="json")))
-            return
-        parsed = self.topics.parse_robot_topic(topic)
-        if parsed is None:
+        found = self._router.match(topic)
+        if found is None or not all(is_safe_id(i) for i in found[1]):
             raise ProtocolError(f"{topic}: not a topic the web relay handles")
-        rid, leaf = parsed
-        if leaf == "preview":
-            self._preview(rid, payload, topic)
-        elif leaf == "state":
-            rs = parse_json(RobotState, payload, where=topic)
-            if rs.robot_id != rid:
-                raise ProtocolError(f"{topic}: robot_id {rs.robot_id!r} differs from the topic")
-            self._retain(
-                ("robot_state", rid),
-                _text("robot_state", robot_id=rid, state=rs.model_dump(mode="json")),
-            )
-        elif leaf == "events":
-            event = parse_json(Event, payload, where=topic)
-            self.broadcast(_text("robot_event", robot_id=rid, event=event.model_dump(mode="json")))
-        elif leaf == "model/status":
-            status = parse_json(ModelStatus, payload, where=topic)
-            text = _text("model_status", robot_id=rid, status=status.model_dump(mode="json"))
-            self._snapshot[("model_status", rid)] = text
-            self.broadcast(text)
-        else:
-            raise ProtocolError(f"{topic}: not a topic the web relay handles")
+        handler, ids = found
+        handler(*ids, payload, topic)
+
+    def _on_reply(self, payload: bytes, topic: str) -> None:
+        self._resolve(payload)
+
+    def _on_server_state(self, payload: bytes, topic: str) -> None:
+        state = parse_json(ServerState, payload, where=topic)
+        self._retain(("server_state",), _text("server_state", state=state.model_dump(mode="json")))
+
+    def _on_server_event(self, payload: bytes, topic: str) -> None:
+        event = parse_json(Event, payload, where=topic)
+        if event.kind == "progress":
+            self._remember_progress(event)
+        self.broadcast(_text("server_event", event=event.model_dump(mode="json")))
+
+    def _on_robot_state(self, rid: str, payload: bytes, topic: str) -> None:
+        rs = parse_json(RobotState, payload, where=topic)
+        if rs.robot_id != rid:
+            raise ProtocolError(f"{topic}: robot_id {rs.robot_id!r} differs from the topic")
+        self._retain(
+            ("robot_state", rid),
+            _text("robot_state", robot_id=rid, state=rs.model_dump(mode="json")),
+        )
+
+    def _on_robot_event(self, rid: str, payload: bytes, topic: str) -> None:
+        event = parse_json(Event, payload, where=topic)
+        self.broadcast(_text("robot_event", robot_id=rid, event=event.model_dump(mode="json")))
+
+    def _on_model_status(self, rid: str, payload: bytes, topic: str) -> None:
+        status = parse_json(ModelStatus, payload, where=topic)
+        text = _text("model_status", robot_id=rid, status=status.model_dump(mode="json"))
+        self._snapshot[("model_status", rid)] = text
+        self.broadcast(text)
 
     def _remember_progress(self, event: Event) -> None:
         """Keep the running job's loss curve so a browser joining mid-job can draw it whole."""

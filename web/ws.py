@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from common.classes import CLASS_NAMES, IGNORE, PALETTE
 from common.errors import ArsError, ProtocolError
 from common.ids import check_id
 from common.schemas import BUTTONS
@@ -160,12 +161,18 @@ async def send_loop(ws: web.WebSocketResponse, queue: LatestWinsQueue) -> None:
         return
 
 
+def hello_classes() -> dict[str, Any]:
+    """The class list the page draws with (``common.classes``; palette.js keeps no copy)."""
+    return {"names": list(CLASS_NAMES), "colours": PALETTE.tolist(), "ignore": IGNORE}
+
+
 def hello(relay: Relay, max_bytes: int) -> str:
     return _dumps(
         "hello",
         client_id=relay.client_id,
         buttons=list(BUTTONS),
         commands=sorted(ALLOWED_COMMANDS),
+        classes=hello_classes(),
         requests=sorted(BROWSER_REQUESTS),
         max_message_bytes=max_bytes,
         mqtt_connected=relay.link.connected.is_set(),

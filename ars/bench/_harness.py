@@ -22,6 +22,7 @@ from typing import Any
 
 from broker.credentials import Credentials, ensure_credentials
 from broker.embedded import free_port
+from common.topics import Topics
 
 logger = logging.getLogger(__name__)
 
@@ -145,9 +146,14 @@ class Broker:
     port: int
     creds: Credentials
     proc: Proc
+    topics: Topics
 
     def url(self, user: str) -> str:
         return self.creds.url_for(user, HOST, self.port)
+
+    def env(self, user: str) -> dict[str, str]:
+        """Environment for an ``ars`` process that connects as ``user`` under the prefix."""
+        return {"ARS_MQTT__URL": self.url(user), "ARS_PREFIX": self.topics.prefix}
 
 
 def mosquitto_binary() -> str | None:
@@ -156,15 +162,18 @@ def mosquitto_binary() -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def broker(kind: str, work: Path, robot_ids: Sequence[str]) -> AsyncIterator[Broker]:
-    """The embedded broker as ``ars broker`` (its own process), or a real Mosquitto."""
+async def broker(
+    kind: str, work: Path, robot_ids: Sequence[str], prefix: str = "ars"
+) -> AsyncIterator[Broker]:
+    """The embedded broker as ``ars broker`` (its own process), or a real Mosquitto; both with
+    the ACL for topics under ``prefix`` (the configured one)."""
     creds = ensure_credentials(work / f"{kind}-creds", list(robot_ids))
     port = free_port()
     if kind == "amqtt":
         proc = await spawn(
             "broker",
             ["broker", "--data-dir", str(work / "broker"), "--port", str(port),
-             "--password-file", str(creds.password_file)],
+             "--password-file", str(creds.password_file), "--prefix", prefix],
             work / "logs",
         )  # fmt: skip
     else:
@@ -174,7 +183,7 @@ async def broker(kind: str, work: Path, robot_ids: Sequence[str]) -> AsyncIterat
         if binary is None:
             raise RuntimeError("mosquitto is not installed")
         conf = write_mosquitto_config(
-            work / "mosquitto", creds, list(robot_ids), port=port,
+            work / "mosquitto", creds, list(robot_ids), port=port, prefix=prefix,
             max_packet_bytes=16 * 1024 * 1024, run_as="root" if os.geteuid() == 0 else None,
         )  # fmt: skip
         log = work / "logs" / "mosquitto.log"
@@ -186,7 +195,7 @@ async def broker(kind: str, work: Path, robot_ids: Sequence[str]) -> AsyncIterat
         proc = Proc("mosquitto", process, log)
     try:
         await wait_port(port, proc=proc)
-        yield Broker(kind, port, creds, proc)
+        yield Broker(kind, port, creds, proc, Topics(prefix))
     finally:
         await stop([proc])
 

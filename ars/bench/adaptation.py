@@ -39,7 +39,7 @@ from common.config import Settings
 if TYPE_CHECKING:
     import numpy as np
 
-    from models.data import LabeledSample
+    from common.samples import LabeledSample
     from models.network import SegNet
     from models.selection import GridSpreader
     from simulator.scene import Frame
@@ -144,7 +144,7 @@ def _eval_indices(start: int, span: int, n: int) -> list[int]:
 
 
 def _samples(frames: Sequence[Frame], size: tuple[int, int]) -> list[LabeledSample]:
-    from models.data import resize_sample
+    from common.samples import resize_sample
 
     return [resize_sample(f.image, f.label, size) for f in frames]
 
@@ -420,14 +420,15 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
+    from common.samples import resize_sample
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-    from models.data import heldout_set, resize_sample, source_replay_set
+    from models.data import region_training_sample
     from models.network import resolve_device
     from models.selection import GridSpreader
-    from server_agent.samples import region_training_sample
     from simulator.drive import Drive
     from simulator.oracle import OracleAnnotator
     from simulator.scene import route_stretch
+    from simulator.sets import heldout_set, source_replay_set
 
     if args.aggregate:
         import json

@@ -21,7 +21,8 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import torch
 
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-    from models.training import evaluate, heldout_set
+    from models.training import evaluate
+    from simulator.sets import heldout_set
 
     torch.set_num_threads(args.threads)
     if args.size:

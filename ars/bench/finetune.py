@@ -29,10 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import torch
 
+    from common.samples import resize_sample
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-    from models.data import resize_sample, source_replay_set
     from models.training import finetune
     from simulator.drive import Drive
+    from simulator.sets import source_replay_set
 
     torch.set_num_threads(args.threads)
     ss = settings.server

@@ -65,7 +65,7 @@ async def send(b: Broker, rid: str, cmd: str) -> None:
     from common.schemas import Command
 
     async with make_client(MqttSettings(url=b.url("operator"))) as c:
-        await c.publish(f"ars/robots/{rid}/cmd", Command(cmd=cmd).to_json(), qos=1)
+        await c.publish(b.topics.robot_cmd(rid), Command(cmd=cmd).to_json(), qos=1)
 
 
 async def one_size(
@@ -78,7 +78,7 @@ async def one_size(
     robot_flags: list[str],
 ) -> dict[str, Any]:
     rids = [f"rover{i + 1}" for i in range(n)]
-    obs = Observer(["ars/robots/+/state", "ars/robots/+/preview"])
+    obs = Observer([b.topics.all_robots("state"), b.topics.all_robots("preview")])
     ready = asyncio.Event()
     obs_task = asyncio.create_task(obs.run(MqttSettings(url=b.url("operator")), ready))
     robots: list[Proc] = []
@@ -90,12 +90,12 @@ async def one_size(
         for rid in rids:
             robots.append(await spawn(
                 rid, ["robot", "--data-dir", str(work / rid), "--id", rid, *robot_flags],
-                work / "logs", env={"ARS_MQTT__URL": b.url(f"robot-{rid}")},
+                work / "logs", env=b.env(f"robot-{rid}"),
             ))  # fmt: skip
         for rid in rids:
 
             def online(topic: str, payload: bytes, rid: str = rid) -> Any:
-                d = json_obj(payload) if topic == f"ars/robots/{rid}/state" else None
+                d = json_obj(payload) if topic == b.topics.robot_state(rid) else None
                 return d if d and d.get("online") else None
 
             await obs.wait(online, 0, timeout=180)
@@ -160,7 +160,7 @@ async def one_size(
     }
 
 
-async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, Any]:
     sizes = [1] if args.tiny else [int(v) for v in args.robots.split(",") if v]
     arch = "tiny" if args.tiny else "lraspp_mbv3_large"
     ckpt = bench_checkpoint(work, arch=arch)
@@ -168,15 +168,16 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if args.tiny:
         robot_flags += ["--infer-size", "160x120", "--size", "320x240"]
     rows = []
-    async with broker(args.broker, work, [f"rover{i + 1}" for i in range(max(sizes))]) as b:
+    rids = [f"rover{i + 1}" for i in range(max(sizes))]
+    async with broker(args.broker, work, rids, prefix) as b:
         web_port = free_port()
         server = await spawn(
             "server", ["server", "--data-dir", str(work / "server"), "--base-model", str(ckpt)],
-            work / "logs", env={"ARS_MQTT__URL": b.url("server")},
+            work / "logs", env=b.env("server"),
         )  # fmt: skip
         web = await spawn(
             "web", ["web", "--data-dir", str(work / "web"), "--port", str(web_port)],
-            work / "logs", env={"ARS_MQTT__URL": b.url("operator")},
+            work / "logs", env=b.env("operator"),
         )  # fmt: skip
         try:
             await wait_port(web_port, proc=web)
@@ -211,6 +212,6 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         args.seconds = min(args.seconds, 2.0)
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="ars-bench-fleet-") as tmp:
-        result = asyncio.run(_run(args, Path(tmp)))
+        result = asyncio.run(_run(args, Path(tmp), settings.prefix))
     result["load_average"] = {"before": load_before, "after": load_average()}
     return result

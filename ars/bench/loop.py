@@ -60,7 +60,7 @@ class Operator:
         start_index = len(self.obs.messages)
         async with make_client(MqttSettings(url=self.b.url("operator"))) as c:
             t0 = time.perf_counter()
-            await c.publish(f"ars/robots/{RID}/cmd", command.to_json(), qos=1)
+            await c.publish(self.b.topics.robot_cmd(RID), command.to_json(), qos=1)
 
         def answer(topic: str, payload: bytes) -> Any:
             d = json_obj(payload) if topic.endswith("/events") else None
@@ -83,7 +83,7 @@ def _cpu_seconds(proc: Proc) -> float:
     return float(times.user + times.system)
 
 
-async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, Any]:
     arch = "tiny" if args.tiny else "lraspp_mbv3_large"
     ckpt = bench_checkpoint(work, arch=arch)
     server_flags: list[str] = ["--base-model", str(ckpt), "--no-gate"]
@@ -100,19 +100,20 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     )
     stages: dict[str, float] = {}
     procs: list[Proc] = []
-    async with broker("amqtt", work, [RID]) as b:
-        obs = Observer([f"ars/robots/{RID}/#", "ars/server/events", "ars/server/state"])
+    async with broker("amqtt", work, [RID], prefix) as b:
+        topics = b.topics
+        obs = Observer([topics.robot_all(RID), topics.server_events, topics.server_state])
         ready = asyncio.Event()
         obs_task = asyncio.create_task(obs.run(MqttSettings(url=b.url("operator")), ready))
         try:
             await asyncio.wait_for(ready.wait(), 10)
             procs.append(await spawn(
                 "server", ["server", "--data-dir", str(work / "server"), *server_flags],
-                work / "logs", env={"ARS_MQTT__URL": b.url("server"), **env_server},
+                work / "logs", env={**b.env("server"), **env_server},
             ))  # fmt: skip
             procs.append(await spawn(
                 "robot", ["robot", "--data-dir", str(work / "robot"), *robot_flags],
-                work / "logs", env={"ARS_MQTT__URL": b.url(f"robot-{RID}")},
+                work / "logs", env=b.env(f"robot-{RID}"),
             ))  # fmt: skip
 
             def online(suffix: str) -> Any:
@@ -146,7 +147,7 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             a, _, _ = await op.press("start_annotation")
             annotator = await spawn(
                 "annotate", ["annotate", "--oracle", "--robot", RID], work / "logs",
-                env={"ARS_MQTT__URL": b.url("operator")},
+                env=b.env("operator"),
             )  # fmt: skip
             code = await annotator.process.wait()
             if code != 0:
@@ -160,7 +161,7 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             stages["finetune_job_server_cpu_s"] = _cpu_seconds(procs[0]) - cpu0
             last_progress: dict[str, Any] = {}
             for _, topic, payload in obs.messages[mark:]:
-                d = json_obj(payload) if topic == "ars/server/events" else None
+                d = json_obj(payload) if topic == topics.server_events else None
                 if d and d.get("kind") == "progress":
                     last_progress = d.get("data", {})
             train_s = float(last_progress.get("elapsed_s", 0.0))
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         args.frames = min(args.frames, 10)
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="ars-bench-loop-") as tmp:
-        result = asyncio.run(_run(args, Path(tmp)))
+        result = asyncio.run(_run(args, Path(tmp), settings.prefix))
     ratio = result["bytes_up_over_full_frames"]
     result["targets"] = {
         "bytes_up_over_full_frames_at_most_0.06": bool(ratio is not None and ratio <= 0.06),

@@ -81,13 +81,12 @@ class WsClient:
 
 
 async def publish_previews(
-    url: str, rate: float, seconds: float, parts: tuple[bytes, bytes]
+    url: str, topic: str, rate: float, seconds: float, parts: tuple[bytes, bytes]
 ) -> int:
     from common.envelope import encode
     from common.mqtt import make_client
     from common.schemas import PreviewHeader
 
-    topic = f"ars/robots/{RID}/preview"
     sent = 0
     async with make_client(MqttSettings(url=url), client_id=f"bench-robot-{os.getpid()}") as c:
         loop = asyncio.get_running_loop()
@@ -107,6 +106,7 @@ async def publish_previews(
 async def case(
     ws_url: str,
     robot_url: str,
+    topic: str,
     rate: float,
     seconds: float,
     parts: tuple[bytes, bytes],
@@ -121,7 +121,7 @@ async def case(
         await asyncio.sleep(0.5)
         fast.counting = True
         sampler.start()
-        sent = await publish_previews(robot_url, rate, seconds, parts)
+        sent = await publish_previews(robot_url, topic, rate, seconds, parts)
         web_cpu = sampler.cpu_percent("web")
         broker_cpu = sampler.cpu_percent("broker")
         await asyncio.sleep(0.5)
@@ -146,18 +146,18 @@ async def case(
     }
 
 
-async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, Any]:
     rates = [float(v) for v in args.rates.split(",") if v]
     parts = preview_parts()
     out: dict[str, Any] = {
         "preview_bytes": sum(len(p) for p in parts),
         "broker": "amqtt",
     }
-    async with broker("amqtt", work, [RID]) as b:
+    async with broker("amqtt", work, [RID], prefix) as b:
         port = free_port()
         web = await spawn(
             "web", ["web", "--data-dir", str(work / "web"), "--port", str(port)], work / "logs",
-            env={"ARS_MQTT__URL": b.url("operator")},
+            env=b.env("operator"),
         )  # fmt: skip
         try:
             await wait_port(port, proc=web)
@@ -166,13 +166,14 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             sampler = Sampler({"web": web.process.pid, "broker": b.proc.process.pid})
             ws_url = f"http://127.0.0.1:{port}/ws"
             robot_url = b.url(f"robot-{RID}")
+            topic = b.topics.robot_preview(RID)
             cases = []
             for rate in rates:
                 cases.append(
-                    await case(ws_url, robot_url, rate, args.seconds, parts, sampler, False)
+                    await case(ws_url, robot_url, topic, rate, args.seconds, parts, sampler, False)
                 )
             cases.append(
-                await case(ws_url, robot_url, rates[0], args.seconds, parts, sampler, True)
+                await case(ws_url, robot_url, topic, rates[0], args.seconds, parts, sampler, True)
             )
         finally:
             await stop([web])
@@ -200,7 +201,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         args.seconds = min(args.seconds, 2.0)
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="ars-bench-preview-") as tmp:
-        result = asyncio.run(_run(args, Path(tmp)))
+        result = asyncio.run(_run(args, Path(tmp), settings.prefix))
     p99 = result["latency_ms_p99"]
     result["targets"] = {
         "p99_at_most_50ms_at_10_per_s": bool(p99 is not None and p99 <= 50.0),

@@ -174,8 +174,9 @@ def sweep(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
     from models.network import SegNet, preprocess
-    from models.training import evaluate, heldout_set
+    from models.training import evaluate
     from simulator.scene import render_frame
+    from simulator.sets import heldout_set
 
     image = render_frame("rural", 7).image
     large, small = "lraspp_mbv3_large", "lraspp_mbv3_small"

@@ -42,6 +42,7 @@ from ars.bench._harness import (
 )
 from broker.embedded import free_port
 from common.config import MqttSettings, Settings
+from common.topics import Topics
 
 MIB = 1024 * 1024
 TIMEOUT_S = 600.0
@@ -64,11 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Soak:
     """The operator of the soak: commands, answers, the oracle, the figures."""
 
-    def __init__(self, args: argparse.Namespace, operator: MqttSettings) -> None:
+    def __init__(self, args: argparse.Namespace, operator: MqttSettings, topics: Topics) -> None:
         from common.mqtt import MqttLink
 
         self.args = args
-        self.obs = Observer(["ars/robots/+/events", "ars/robots/+/state", "ars/server/events"])
+        self.topics = topics
+        self.obs = Observer(
+            [topics.all_robots("events"), topics.all_robots("state"), topics.server_events]
+        )
         self.link = MqttLink(operator, client_id=f"soak-operator-{time.monotonic_ns() % 10**8}")
         self.operator = operator
         self.annotation = asyncio.Lock()
@@ -81,7 +85,7 @@ class Soak:
         from common.schemas import Command
 
         command = Command(cmd=cmd, args=args)
-        await self.link.publish(f"ars/robots/{rid}/cmd", command.to_json(), qos=1)
+        await self.link.publish(self.topics.robot_cmd(rid), command.to_json(), qos=1)
         return command.id
 
     async def answer(self, ref: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
@@ -106,7 +110,7 @@ class Soak:
 
     def state(self, rid: str) -> dict[str, Any]:
         for _, topic, payload in reversed(self.obs.messages):
-            if topic == f"ars/robots/{rid}/state" and payload:
+            if topic == self.topics.robot_state(rid) and payload:
                 with contextlib.suppress(ValueError):
                     return dict(json.loads(payload))
         return {}
@@ -123,9 +127,8 @@ class Soak:
     async def label(self, rid: str) -> int:
         from ars.commands.annotate import Requester, label_all
         from common.mqtt import MqttLink
-        from common.topics import Topics
 
-        topics = Topics("ars")
+        topics = self.topics
         client_id = f"soak-oracle-{rid}"
         reply = topics.server_reply(client_id)
         async with MqttLink(self.operator, client_id=client_id,
@@ -256,7 +259,7 @@ def registry_counts(db: Path) -> tuple[Counter[str], Counter[str]]:
     return regions, labeled
 
 
-async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, Any]:
     rids = [f"rover{i + 1}" for i in range(args.robots)]
     ckpt = untrained_checkpoint(work / "tiny.pt", arch="tiny", dtype="fp32", version="base")
     seconds = args.minutes * 60.0
@@ -264,17 +267,17 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     server_env = {"ARS_SERVER__TRAIN_WIDTH": "128", "ARS_SERVER__TRAIN_HEIGHT": "96",
                   "ARS_SERVER__BATCH_SIZE": "2", "ARS_SERVER__CHUNK_SIZE": "16384"}  # fmt: skip
     procs: list[Proc] = []
-    async with broker("amqtt", work, rids) as b:
+    async with broker("amqtt", work, rids, prefix) as b:
         try:
             web_port = free_port()
             server = await spawn("server", [
                 "server", "--data-dir", str(work / "server"), "--base-model", str(ckpt),
                 "--iterations", str(args.iterations), "--threads", "1", "--eval-frames", "2",
                 "--replay-frames", "4"], work / "logs",
-                env={"ARS_MQTT__URL": b.url("server"), **server_env})  # fmt: skip
+                env={**b.env("server"), **server_env})  # fmt: skip
             web = await spawn("web", ["web", "--data-dir", str(work / "web"), "--port",
                                       str(web_port)], work / "logs",
-                              env={"ARS_MQTT__URL": b.url("operator")})  # fmt: skip
+                              env=b.env("operator"))  # fmt: skip
             procs += [server, web]
             for i, rid in enumerate(rids):
                 procs.append(await spawn(rid, [
@@ -282,9 +285,9 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     "--switch-at", "0", "--seed", str(i), "--model", str(ckpt),
                     "--size", "160x120", "--infer-size", "128x96", "--camera-fps", "5",
                     "--preview-fps", "1", "--threads", "1", "--device", "cpu"], work / "logs",
-                    env={"ARS_MQTT__URL": b.url(f"robot-{rid}")}))  # fmt: skip
+                    env=b.env(f"robot-{rid}")))  # fmt: skip
             await wait_port(web_port, proc=web)
-            soak = Soak(args, MqttSettings(url=b.url("operator")))
+            soak = Soak(args, MqttSettings(url=b.url("operator")), b.topics)
             ready = asyncio.Event()
             obs_task = asyncio.create_task(soak.obs.run(soak.operator, ready))
             async with soak.link:
@@ -334,6 +337,6 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="ars-bench-soak-") as tmp:
-        result = asyncio.run(_run(args, Path(tmp)))
+        result = asyncio.run(_run(args, Path(tmp), settings.prefix))
     result["load_average"] = {"before": load_before, "after": load_average()}
     return result

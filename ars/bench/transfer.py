@@ -73,8 +73,8 @@ def finetuned(base: Path, iterations: int, seed: int, tiny: bool) -> Any:
     """The base fine-tuned as the server does it, at a small crop so the bench stays short
     (the delta's size follows the steps taken, not the crop)."""
     from models.checkpoint import load_checkpoint
-    from models.data import render_samples, source_replay_set
     from models.training import finetune
+    from simulator.sets import render_samples, source_replay_set
 
     server = Settings().server
     model, _ = load_checkpoint(base)
@@ -89,14 +89,13 @@ def finetuned(base: Path, iterations: int, seed: int, tiny: bool) -> Any:
 
 
 # --- raw baseline ---------------------------------------------------------------------------
-def raw_push(url_pub: str, url_sub: str, port: int, total: int, chunk: int) -> float:
+def raw_push(url_pub: str, url_sub: str, port: int, topic: str, total: int, chunk: int) -> float:
     """Seconds from the first publish to the last chunk received (paho, QoS1, 16 in flight)."""
     import paho.mqtt.client as paho
 
     from common.clientid import owned_client_id
     from common.mqtt import parse_broker_url
 
-    topic = f"ars/robots/{RAW_RID}/model/chunk"
     payload = os.urandom(chunk)
     n = -(-total // chunk)
     got = threading.Event()
@@ -150,7 +149,13 @@ def raw_push(url_pub: str, url_sub: str, port: int, total: int, chunk: int) -> f
 async def raw_seconds(b: Broker, total: int, chunk: int, repeats: int) -> float:
     times = [
         await asyncio.to_thread(
-            raw_push, b.url("server"), b.url(f"robot-{RAW_RID}"), b.port, total, chunk
+            raw_push,
+            b.url("server"),
+            b.url(f"robot-{RAW_RID}"),
+            b.port,
+            b.topics.model_chunk(RAW_RID),
+            total,
+            chunk,
         )
         for _ in range(repeats)
     ]
@@ -206,9 +211,9 @@ async def one_transfer(
     async with make_client(
         MqttSettings(url=b.url("operator")), client_id=f"bench-op-{os.getpid()}"
     ) as op:
-        await op.publish(f"ars/robots/{RID}/cmd", command.to_json(), qos=1)
-    offer_topic = f"ars/robots/{RID}/model/offer"
-    status_topic = f"ars/robots/{RID}/model/status"
+        await op.publish(b.topics.robot_cmd(RID), command.to_json(), qos=1)
+    offer_topic = b.topics.model_offer(RID)
+    status_topic = b.topics.model_status(RID)
 
     def is_offer(topic: str, payload: bytes) -> Any:
         d = json_obj(payload) if topic == offer_topic else None
@@ -226,7 +231,7 @@ async def one_transfer(
     if final["state"] != "active":
         raise RuntimeError(f"robot refused {version}: {final}")
     await asyncio.sleep(1.0 if segmenting else 0.2)
-    chunk_topic = f"ars/robots/{RID}/model/chunk"
+    chunk_topic = b.topics.model_chunk(RID)
     # phases: chunks out (offer to the last chunk the observer sees), the robot's assembly and
     # verification (to its "verified"), then load, dry run, persist and swap (to "active")
     t_last_chunk = t_offer
@@ -299,34 +304,40 @@ async def one_transfer(
 
 
 async def on_broker(
-    kind: str, args: argparse.Namespace, work: Path, child: Any, base: Path
+    kind: str,
+    args: argparse.Namespace,
+    work: Path,
+    child: Any,
+    base: Path,
+    prefix: str,
 ) -> dict[str, Any]:
     import robot_agent.agent  # noqa: F401 (torch import before timing)
     from robot_agent.agent import RobotAgent
 
     arch = "tiny" if args.tiny else args.arch
     out: dict[str, Any] = {}
-    async with broker(kind, work / kind, [RID, RAW_RID]) as b:
+    async with broker(kind, work / kind, [RID, RAW_RID], prefix) as b:
         server_dir = work / kind / "server"
         server = await spawn(
             "server", ["server", "--data-dir", str(server_dir), "--base-model", str(base),
                        "--no-gate"],
-            work / kind / "logs", env={"ARS_MQTT__URL": b.url("server")},
+            work / kind / "logs", env=b.env("server"),
         )  # fmt: skip
-        obs = Observer([f"ars/robots/{RID}/model/#", "ars/server/events", "ars/server/state"])
+        topics = b.topics
+        obs = Observer([topics.robot(RID, "model/#"), topics.server_events, topics.server_state])
         ready = asyncio.Event()
         obs_task = asyncio.create_task(obs.run(MqttSettings(url=b.url("operator")), ready))
         try:
             await asyncio.wait_for(ready.wait(), 10)
 
             def server_online(topic: str, payload: bytes) -> Any:
-                d = json_obj(payload) if topic == "ars/server/state" else None
+                d = json_obj(payload) if topic == topics.server_state else None
                 return d if d and d.get("online") else None
 
             await obs.wait(server_online, 0, timeout=90)
             settings = load_settings(
                 None, environ={},
-                overrides={"data_dir": str(work / kind / "robot"),
+                overrides={"data_dir": str(work / kind / "robot"), "prefix": prefix,
                            "mqtt": {"url": b.url(f"robot-{RID}")},
                            "robot": {"source": "sim:rural", "model": str(base),
                                      **({"infer_width": 160, "infer_height": 120}
@@ -401,7 +412,7 @@ async def on_broker(
     return out
 
 
-async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, Any]:
     arch = "tiny" if args.tiny else args.arch
     base = (
         untrained_checkpoint(work / "base.pt", arch=arch, dtype="fp16", version="bench-base")
@@ -426,7 +437,7 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "finetune_s": r(finetune_s, 1),
     }
     for kind in kinds:
-        result[kind] = await on_broker(kind, args, work, child, base)
+        result[kind] = await on_broker(kind, args, work, child, base, prefix)
     # the headline keys: the fp16 delta (the default update) on the embedded broker, against
     # the whole fp32 checkpoint (what an update moved before)
     main = result["amqtt"]["fp16_delta"]
@@ -456,7 +467,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         args.repeats = 1
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="ars-bench-transfer-") as tmp:
-        result = asyncio.run(_run(args, Path(tmp)))
+        result = asyncio.run(_run(args, Path(tmp), settings.prefix))
     a = result["amqtt"]["fp16_delta"]
     result["targets"] = {
         "bytes_over_full_fp32_at_most_0.25": bool(result["bytes_over_full_fp32"] <= 0.25),

@@ -15,12 +15,11 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import aiomqtt
 import numpy as np
 from tqdm import tqdm
 
-from ars.commands.connect import client_mqtt
 from common.config import Settings
+from common.credentials import client_mqtt
 from common.envelope import MAGIC, decode, encode
 from common.errors import ArsError, ProtocolError
 from common.ids import check_id
@@ -47,7 +46,7 @@ class Requester:
         self.topics = topics
         self.reply_topic = reply_topic
         self.timeout = timeout
-        self._messages: AsyncIterator[aiomqtt.Message] = link.messages()
+        self._messages: AsyncIterator[tuple[str, bytes]] = link.messages()
 
     async def call(
         self, cmd: str, args: dict[str, Any], parts: Sequence[bytes] | None = None
@@ -65,12 +64,11 @@ class Requester:
             if remaining <= 0:
                 raise ArsError(f"no answer to {cmd} from the server within {self.timeout:g} s")
             try:
-                message = await asyncio.wait_for(anext(self._messages), remaining)
+                topic, raw = await asyncio.wait_for(anext(self._messages), remaining)
             except TimeoutError:
                 continue
-            if str(message.topic) != self.reply_topic:
+            if topic != self.reply_topic:
                 continue
-            raw = message.payload if isinstance(message.payload, bytes) else b""
             if raw.startswith(MAGIC):
                 env = decode(raw, max_bytes=self.link.settings.max_payload_bytes)
                 header, got = env.header, env.parts

@@ -15,8 +15,8 @@ import time
 import uuid
 from typing import Any
 
-from ars.commands.connect import client_mqtt
 from common.config import Settings
+from common.credentials import client_mqtt
 from common.errors import ProtocolError
 from common.ids import check_id
 from common.mqtt import MqttLink
@@ -107,13 +107,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                     return 1
                 return status
             try:
-                message = await asyncio.wait_for(anext(messages), remaining)
+                _, payload = await asyncio.wait_for(anext(messages), remaining)
             except TimeoutError:
                 continue
             try:
-                event = parse_json(
-                    Event, message.payload if isinstance(message.payload, bytes) else b""
-                )
+                event = parse_json(Event, payload)
             except ProtocolError:
                 continue
             if event.ref != command.id:

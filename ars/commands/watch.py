@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import uuid
 
-from ars.commands.connect import client_mqtt
 from ars.commands.send import format_event
 from common.config import Settings
+from common.credentials import client_mqtt
 from common.errors import ProtocolError
 from common.ids import check_id
 from common.mqtt import MqttLink
@@ -56,12 +56,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     async with MqttLink(
         client_mqtt(settings), client_id=f"ars-watch-{uuid.uuid4().hex[:8]}", subscriptions=subs
     ) as link:
-        async for message in link.messages():
-            payload = message.payload if isinstance(message.payload, bytes) else b""
+        async for topic, payload in link.messages():
             try:
-                line = describe(str(message.topic), payload, topics, rid)
+                line = describe(topic, payload, topics, rid)
             except ProtocolError as exc:
-                line = f"invalid  {message.topic}: {exc}"
+                line = f"invalid  {topic}: {exc}"
             if line:
                 print(line, flush=True)
             seen += 1

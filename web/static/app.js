@@ -29,15 +29,14 @@
 import { drawLossChart, drawMiouBars } from "./charts.js";
 import { Editor } from "./editor.js";
 import { bitmapLabels, decodeImage, parseEnvelope } from "./envelope.js";
-import { CLASS_NAMES, colorize, cssColor } from "./palette.js";
+import { CLASS_NAMES, colorize, cssColor, setClasses } from "./palette.js";
 
 const $ = (id) => document.getElementById(id);
 const LEVELS = { debug: 0, info: 1, warning: 2, error: 3 };
 const MAX_LOG_LINES = 500;
-const BUTTON_CMDS = [
-  "start_segmentation", "stop_segmentation", "transfer_data", "start_annotation",
-  "stop_annotation", "start_finetune", "transfer_model", "cancel_finetune", "rollback",
-];
+// The commands this page may send arrive in the hello (web/ws.py ALLOWED_COMMANDS); each has a
+// button[data-cmd], which stays disabled unless the hello names it.
+let commandButtons = [];
 
 const state = {
   robots: new Map(), // rid -> RobotState
@@ -208,7 +207,7 @@ function renderStatus() {
     cancel_finetune: srv && running,
     rollback: online && Boolean(robot.previous_model),
   };
-  for (const cmd of BUTTON_CMDS) $(`btn-${cmd}`).disabled = !enabled[cmd];
+  for (const cmd of commandButtons) $(`btn-${cmd}`).disabled = !enabled[cmd];
 }
 
 function renderRobotSelect() {
@@ -331,6 +330,7 @@ async function drawPreview(env) {
 
 function buildLegend() {
   const legend = $("legend");
+  legend.replaceChildren();
   CLASS_NAMES.forEach((name, cls) => {
     const li = document.createElement("li");
     li.dataset.class = String(cls);
@@ -479,6 +479,11 @@ function syncEditor() {
 function onMessage(msg) {
   switch (msg.type) {
     case "hello":
+      commandButtons = msg.commands.filter((cmd) => $(`btn-${cmd}`) !== null);
+      renderStatus();
+      setClasses(msg.classes);
+      buildLegend();
+      editor.buildPalette();
       logLine("info", "web", `connected (${msg.mqtt_connected ? "broker up" : "broker not reached yet"})`);
       break;
     case "robot_state":
@@ -547,10 +552,11 @@ function onLinkStatus(status, wait) {
 const link = new Link(onMessage, onPreview, onLinkStatus);
 
 // --- wiring -----------------------------------------------------------------------------
-buildLegend();
 drawLossChart($("loss-chart"), []);
 drawMiouBars($("miou-chart"), []);
-for (const cmd of BUTTON_CMDS) $(`btn-${cmd}`).addEventListener("click", () => sendCommand(cmd));
+for (const b of document.querySelectorAll("button[data-cmd]")) {
+  b.addEventListener("click", () => sendCommand(b.dataset.cmd));
+}
 $("robot-select").addEventListener("change", (e) => {
   state.selected = e.target.value;
   localStorage.setItem("ars-robot", state.selected);

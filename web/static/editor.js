@@ -60,7 +60,6 @@ export class Editor {
     this.dirty = false;
     this.drawing = false;
     this.last = null;
-    this.buildPalette();
     this.bind();
   }
 
@@ -467,8 +466,10 @@ export class Editor {
     this.render();
   }
 
+  /** One button per class; built (again) when the hello brings the class list. */
   buildPalette() {
     const box = $("editor-palette");
+    box.replaceChildren();
     CLASS_NAMES.forEach((name, cls) => {
       const b = document.createElement("button");
       b.dataset.class = String(cls);
@@ -482,7 +483,7 @@ export class Editor {
       b.addEventListener("click", () => this.setClass(cls));
       box.append(b);
     });
-    this.setClass(0);
+    for (const b of box.querySelectorAll("button")) b.classList.toggle("active", Number(b.dataset.class) === this.cls);
   }
 
   bind() {

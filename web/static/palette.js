@@ -1,19 +1,19 @@
 // Cityscapes trainIds: names and colours (index = trainId), 255 = ignore (drawn transparent).
+// The server sends them in the WebSocket hello (their one home is common/classes.py);
+// setClasses fills these arrays in place, so importers keep live references.
 
-export const CLASS_NAMES = [
-  "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-  "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-  "motorcycle", "bicycle",
-];
+export const CLASS_NAMES = [];
 
-export const PALETTE = [
-  [128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153],
-  [153, 153, 153], [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152],
-  [70, 130, 180], [220, 20, 60], [255, 0, 0], [0, 0, 142], [0, 0, 70], [0, 60, 100],
-  [0, 80, 100], [0, 0, 230], [119, 11, 32],
-];
+export const PALETTE = [];
 
-export const IGNORE = 255;
+export let IGNORE = 255;
+
+/** Take the hello's {names, colours, ignore}. */
+export function setClasses(classes) {
+  CLASS_NAMES.splice(0, CLASS_NAMES.length, ...classes.names);
+  PALETTE.splice(0, PALETTE.length, ...classes.colours);
+  IGNORE = classes.ignore;
+}
 
 /** Number-key shortcuts 1..9, 0 -> the classes the scenes show most. */
 export const SHORTCUT_CLASSES = [0, 1, 2, 4, 5, 8, 9, 10, 11, 13];

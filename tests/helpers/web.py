@@ -19,7 +19,7 @@ from common.config import Settings, WebSettings
 from common.mqtt import MqttLink
 from common.schemas import Command, Reply
 from common.topics import Topics
-from tests.conftest import BrokerHandle
+from tests.helpers.brokers import BrokerHandle
 from web.app import create_app
 from web.state import STATE
 
@@ -133,9 +133,8 @@ async def fake_server(broker: BrokerHandle) -> AsyncIterator[FakeServer]:
         await link.wait_connected(10)
 
         async def pump() -> None:
-            async for message in link.messages():
-                assert isinstance(message.payload, bytes)
-                await server.handle(link, message.payload)
+            async for _, payload in link.messages():
+                await server.handle(link, payload)
 
         task = asyncio.create_task(pump())
         try:

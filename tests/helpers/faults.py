@@ -30,9 +30,9 @@ from broker.embedded import free_port
 from common.envelope import MAGIC, encode
 from common.hashing import sha256_file
 from server_agent.store import Store, VersionRow
-from tests.conftest import ROBOT_IDS, BrokerHandle
+from tests.helpers.brokers import ROBOT_IDS, BrokerHandle
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- a broker that restarts on the same port -------------------------------------------------
@@ -133,7 +133,7 @@ def register_version(
     root: Path, version: str, robot_id: str = "rover1", seed: int = 7
 ) -> VersionRow:
     """A registered model version (checkpoint + row), as a finished fine-tune leaves it."""
-    from tests.test_server_util import tiny_checkpoint
+    from tests.helpers.server import tiny_checkpoint
 
     store = Store(root)
     try:
@@ -161,7 +161,7 @@ def labeled_regions(root: Path, n: int, robot_id: str = "rover1") -> list[str]:
     import numpy as np
 
     from common.images import encode_png
-    from tests.test_server_util import make_region
+    from tests.helpers.server import make_region
 
     store = Store(root)
     ids = []

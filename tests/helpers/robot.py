@@ -24,7 +24,7 @@ from common.schemas import Command, Event, ModelStatus, RobotState
 from common.topics import Topics
 from models.checkpoint import save_checkpoint
 from models.network import build_model
-from tests.conftest import BrokerHandle
+from tests.helpers.brokers import BrokerHandle
 
 RID = "rover1"
 TOPICS = Topics()

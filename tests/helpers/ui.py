@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 from playwright.async_api import Browser, Locator, Playwright
 
-from tests.conftest import BrokerHandle
+from tests.helpers.brokers import BrokerHandle
 
 RID = "rover1"
 CHROMIUM = Path("/usr/bin/chromium")

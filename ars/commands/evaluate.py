@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
+from ars.commands.cli_util import parse_hw
 from common.errors import ModelError
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from models.cli_util import parse_hw
-from models.training import evaluate, heldout_set
+from models.training import evaluate
+from simulator.sets import heldout_set
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

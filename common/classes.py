@@ -1,4 +1,9 @@
-"""Cityscapes trainId names and colours, so a real 19-class checkpoint reads our labels."""
+"""The Cityscapes classes: names by trainId, colours, count, ignore value and the rare set.
+
+The one home of the class list, so a real 19-class checkpoint reads our labels: the simulator
+paints these ids, the models train on them, the server checks masks against them and the web page
+receives the names and colours in its hello.
+"""
 
 from __future__ import annotations
 
@@ -52,10 +57,13 @@ PALETTE: np.ndarray = np.array(
 )
 PALETTE.setflags(write=False)
 
+NUM_CLASSES: int = len(CLASS_NAMES)
+#: Label value of unlabelled pixels: no class, skipped by the loss and the metrics.
 IGNORE = 255
+#: Thin or seldom-seen classes; a frame that shows more of them ranks higher for annotation.
 RARE_CLASSES: tuple[int, ...] = (3, 4, 5, 6, 7, 9, 12, 14, 15, 16, 17)
 
-# trainIds the simulator paints, by name, so renderer code reads as words.
+# trainIds by name (those the simulator paints), so code reads as words.
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_SIGN = 0, 1, 2, 3, 4, 5, 7
 VEGETATION, TERRAIN, SKY, PERSON, CAR = 8, 9, 10, 11, 13
 

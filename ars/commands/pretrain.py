@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ars.commands.cli_util import parse_hw
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
-from models.cli_util import parse_hw
 from models.network import ARCHS
-from models.training import TrainProgress, evaluate, heldout_set, pretrain
+from models.training import TrainProgress, evaluate, pretrain
+from simulator.sets import heldout_set, pool_set
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ def run(args: argparse.Namespace, settings: object = None) -> int:
         torch.set_num_threads(args.threads)
     init = load_checkpoint(args.init, expected_arch=args.arch)[0] if args.init else None
     start = time.monotonic()
+    pool = pool_set(args.pool, args.seed, args.size)
+    logger.info("pretrain: rendered %d frames in %.1f s", args.pool, time.monotonic() - start)
+    start = time.monotonic()
     steps_done = 0
     with tqdm(total=args.steps, desc="pretrain", unit="step") as bar:
 
@@ -63,13 +67,13 @@ def run(args: argparse.Namespace, settings: object = None) -> int:
 
         model = pretrain(
             args.arch,
+            pool_samples=pool,
             steps=args.steps,
             batch_size=args.batch_size,
             lr=args.lr,
             size=args.size,
             seed=args.seed,
             progress=on_progress,
-            pool_size=args.pool,
             crop=args.crop,
             time_budget_s=args.time_budget,
             init=init,

@@ -22,18 +22,19 @@ import pytest
 import torch
 
 from common.chunking import split_chunks
+from common.classes import CLASS_NAMES
 from common.config import MqttSettings, RobotSettings, ServerSettings, Settings
 from common.envelope import encode
 from common.hashing import sha256_bytes
+from common.samples import LabeledSample, resize_sample
 from common.schemas import ChunkHeader, Command, Event, ModelOffer, ModelStatus, RobotState
 from common.topics import Topics
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.data import LabeledSample, resize_sample
 from models.network import build_model
-from models.training import evaluate, finetune, heldout_set
-from simulator.palette import CLASS_NAMES
-from tests.conftest import BrokerHandle
-from tests.test_server_util import Peer
+from models.training import evaluate, finetune
+from simulator.sets import heldout_set
+from tests.helpers.brokers import BrokerHandle
+from tests.helpers.server import Peer
 
 RID = "rover1"
 TOPICS = Topics("ars")

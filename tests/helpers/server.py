@@ -23,8 +23,7 @@ from common.schemas import Command, Event, RegionHeader, Reply, TransferManifest
 from common.topics import Topics
 from models.checkpoint import save_checkpoint
 from models.network import build_model
-from server_agent.samples import region_training_sample
-from tests.conftest import BrokerHandle
+from tests.helpers.brokers import BrokerHandle
 
 T = TypeVar("T")
 TOPICS = Topics("ars")
@@ -84,9 +83,8 @@ class Peer:
         await self.link.__aexit__(et, e, tb)
 
     async def _pump(self) -> None:
-        async for message in self.link.messages():
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            self.received.append((str(message.topic), payload))
+        async for topic, payload in self.link.messages():
+            self.received.append((topic, payload))
             self._new.set()
 
     async def wait_for(
@@ -229,19 +227,3 @@ def manifest_payload(rid: str, transfer_id: str, region_ids: list[str]) -> bytes
         full_frames_bytes=20000,
     )
     return encode(manifest.model_dump(mode="json"))
-
-
-def test_region_training_sample_follows_the_protocol_rule() -> None:
-    """A 4x2 crop at (8, 4) of a 16x8 frame, trained at 8x4 (scale 0.5): 2x1 at (4, 2)."""
-    crop = np.zeros((2, 4, 3), dtype=np.uint8)
-    crop[:, :2] = (200, 100, 0)  # left half
-    crop[:, 2:] = (0, 100, 200)  # right half
-    label = np.array([[1, 1, 2, 2], [1, 1, 2, 2]], dtype=np.uint8)
-    sample = region_training_sample(crop, label, (8, 4, 4, 2), (16, 8), (4, 8))
-    assert sample.image.shape == (4, 8, 3) and sample.label.shape == (4, 8)
-    expected = np.full((4, 8), 255, dtype=np.uint8)
-    expected[2, 4:6] = [1, 2]
-    assert np.array_equal(sample.label, expected)
-    # outside the region: the crop's mean colour
-    assert sample.image[0, 0].tolist() == [100, 100, 100]
-    assert int((sample.label != 255).sum()) == 2

@@ -1,0 +1,1 @@
+"""Test helpers (no tests, no fixtures): stand-in peers, settings, brokers, fault injection."""
