@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -50,6 +51,7 @@ from robot_agent.inference import (
 from robot_agent.mailbox import LatestMailbox
 from robot_agent.model_store import ModelFiles
 from robot_agent.model_update import ModelUpdater
+from robot_agent.runtime import Runtime, default_cache
 from robot_agent.sources import CameraFrame, FrameSource, MqttSource, open_source
 from robot_agent.transfer import DataTransfer
 
@@ -92,12 +94,16 @@ class RobotAgent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_preview = 0.0
         self._last_frame_t: float | None = None
+        #: Set once the start-up model has its runtime (at once for runtime torch and onnx;
+        #: for auto, when the background switch to onnxruntime has succeeded or given up).
+        self.runtime_ready = asyncio.Event()
         # set in __aenter__
         self.source: FrameSource
         self.store: CandidateStore
         self.slot: ModelSlot
         self.files: ModelFiles
         self.worker: InferenceWorker
+        self.runtime: Runtime
         self.link: MqttLink
         self.transfer: DataTransfer
         self.updater: ModelUpdater
@@ -114,11 +120,24 @@ class RobotAgent:
 
     async def _start(self) -> None:
         rs, data_dir = self.rs, self.settings.data_dir
-        torch.set_num_threads(inference_threads(rs.threads))
+        threads = inference_threads(rs.threads)
+        torch.set_num_threads(threads)
         self.files = ModelFiles(data_dir / "models")
         fallback = rs.model or DEFAULT_CHECKPOINT
         loaded = await asyncio.to_thread(self.files.load_last_good, Path(fallback), self.device)
+        self.runtime = Runtime(
+            rs.runtime,
+            cache=rs.onnx_cache or default_cache(os.environ),
+            threads=threads,
+            infer_hw=(rs.infer_height, rs.infer_width),
+            device=self.device,
+        )
+        if rs.runtime == "onnx":  # required: a robot that cannot run it does not start
+            loaded = await self.runtime.prepare(loaded)
         self.slot = ModelSlot(loaded)
+        self.runtime.slot = self.slot  # from now on its steps take turns with the frames
+        if rs.runtime != "auto":
+            self.runtime_ready.set()
         self.store = await asyncio.to_thread(
             CandidateStore, data_dir / "candidates", rs.max_candidates
         )
@@ -184,6 +203,7 @@ class RobotAgent:
             status=self._publish_status,
             event=self._updater_event,
             changed=self.publish_state,
+            prepare=self.runtime.prepare,
         )
         await self._stack.enter_async_context(self.link)
         self._stack.push_async_callback(self._shutdown)
@@ -191,10 +211,25 @@ class RobotAgent:
         self.spawn(self._camera(), "robot-camera")
         self.spawn(self.worker.run(self.mailbox, self._on_result, self._error), "robot-infer")
         self.spawn(self._heartbeat(), "robot-heartbeat")
+        if rs.runtime == "auto":
+            self.spawn(self._switch_runtime(), "robot-runtime")
         logger.info(
             "robot %s up: source %s, model %s (%s), device %s",
             self.rid, self.source.description, loaded.version, loaded.meta.arch, self.device,
         )  # fmt: skip
+
+    async def _switch_runtime(self) -> None:
+        """Auto: the start-up model moves to onnxruntime once its graph is ready (the export
+        runs in a child process; until then torch runs the frames)."""
+        try:
+            loaded = self.slot.current
+            prepared = await self.runtime.prepare(loaded)
+            # an install that swapped meanwhile prepared its own model: leave it
+            if prepared.onnx is not None and self.slot.current is loaded:
+                self.slot.swap(prepared)
+                await self.event("info", f"model {loaded.version} runs on onnxruntime")
+        finally:
+            self.runtime_ready.set()
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None

@@ -58,6 +58,7 @@ def robot_settings(
         "infer_height": 60,
         "threads": 1,
         "device": "cpu",
+        "runtime": "torch",  # test_robot_runtime.py covers onnx and auto
         "preview_fps": 20.0,
         "model": model,
     }
