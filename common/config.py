@@ -95,6 +95,13 @@ class RobotSettings(_Section):
         "of the 3x3 grid windows used least so far, so windows cover the whole image",
     )
     region_frac: float = Field(0.5, gt=0, le=1)
+    store_every: int = Field(
+        2,  # at the 30-fps camera: 15 candidates a second, as the 15-fps camera stored before
+        ge=1,
+        le=1000,
+        description="store one candidate per N frames, the hardest of them (storing costs "
+        "10-25 ms a frame; consecutive frames at 30 fps are near duplicates)",
+    )
     max_candidates: int = Field(5000, ge=10, le=1_000_000)
     model: Path | None = Field(None, description="initial checkpoint; default: the shipped base")
     switch_at: int = Field(300, ge=0, description="sim:drive frames before the rural stretch")

@@ -38,7 +38,7 @@ from common.schemas import (
 )
 from common.topics import Topics
 from models.checkpoint import DEFAULT_CHECKPOINT
-from robot_agent.candidates import CandidateStore
+from robot_agent.candidates import CandidateStore, HardestOf
 from robot_agent.commands import RobotCommands
 from robot_agent.frames import preview_payload, region_parts
 from robot_agent.inference import (
@@ -94,6 +94,9 @@ class RobotAgent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_preview = 0.0
         self._last_frame_t: float | None = None
+        self._hardest: HardestOf[FrameResult] = HardestOf(
+            settings.robot.store_every, lambda r: r.mining.score
+        )
         #: Set once the start-up model has its runtime (at once for runtime torch and onnx;
         #: for auto, when the background switch to onnxruntime has succeeded or given up).
         self.runtime_ready = asyncio.Event()
@@ -371,25 +374,28 @@ class RobotAgent:
         want_preview = rs.preview_fps > 0 and t - self._last_preview >= 1.0 / rs.preview_fps
         if want_preview:
             self._last_preview = t
+        stored = self._hardest.offer(result)  # one candidate per `robot.store_every` frames
         try:
-            preview = await asyncio.to_thread(self._keep, result, want_preview)
+            preview = await asyncio.to_thread(self._keep, stored, result if want_preview else None)
         except ArsError as exc:
-            logger.warning("robot %s: frame %s not stored: %s", self.rid, result.frame_id, exc)
-            await self._error(f"frame {result.frame_id} not stored: {exc}")
+            frame_id = stored.frame_id if stored is not None else result.frame_id
+            logger.warning("robot %s: frame %s not stored: %s", self.rid, frame_id, exc)
+            await self._error(f"frame {frame_id} not stored: {exc}")
             return
         self.frames += 1
         if preview is not None:
             await self.link.publish(self.topics.robot_preview(self.rid), preview, qos=0)
 
-    def _keep(self, result: FrameResult, want_preview: bool) -> bytes | None:
-        """Blocking: store the frame's candidate and, when due, encode its preview."""
-        candidate, crop_png, mask_png = region_parts(result)
-        self.store.add(candidate, crop_png, mask_png)
-        if not want_preview:
+    def _keep(self, stored: FrameResult | None, preview: FrameResult | None) -> bytes | None:
+        """Blocking: store a frame's candidate and encode a frame's preview (either optional)."""
+        if stored is not None:
+            candidate, crop_png, mask_png = region_parts(stored)
+            self.store.add(candidate, crop_png, mask_png)
+        if preview is None:
             return None
         rs = self.rs
         return preview_payload(
-            result,
+            preview,
             robot_id=self.rid,
             width=rs.infer_width,
             height=rs.infer_height,
@@ -445,6 +451,7 @@ class RobotAgent:
         self.fps = 0.0
         self._last_frame_t = None
         self._last_preview = 0.0
+        self._hardest.reset()
         self._seg_on.set()
         await self.publish_state()
 
