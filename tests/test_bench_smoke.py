@@ -71,6 +71,9 @@ def test_robot_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
     ]  # fmt: skip
     assert all(x["fps"] > 0 and x["store_ms_p50"] > 0 for x in rows)
     assert out["camera"].endswith("at 30 fps")
+    costs = out["frame_costs"]
+    assert costs["runtime"] == "onnx" and costs["ms_p50"]["inference"] > 0
+    assert costs["share_of_frames"]["region"] == 0.5  # one candidate per 2 frames
 
 
 def test_transfer_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:

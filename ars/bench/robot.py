@@ -193,6 +193,81 @@ async def _agent_run(
     }
 
 
+def frame_costs(args: argparse.Namespace, work: Path, infer_size: str) -> dict[str, Any]:
+    """What each part of a frame costs alone: the agent's own functions called one after
+    another in this process on ``sim:rural`` frames (seed 0), median ms over the frames, with
+    how often the robot runs each at its settings (per frame, per stored frame, per preview)."""
+    import torch
+
+    from common.config import RobotSettings
+    from models.checkpoint import load_checkpoint
+    from models.mining import mine
+    from models.network import preprocess
+    from robot_agent.candidates import CandidateStore
+    from robot_agent.frames import preview_payload, region_parts
+    from robot_agent.inference import FrameResult, LoadedModel, inference_threads
+    from robot_agent.runtime import Runtime, default_cache
+    from simulator.drive import Drive
+
+    rs = RobotSettings()
+    w, h = _size(infer_size)
+    threads = inference_threads(args.threads if args.threads is not None else rs.threads)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    model, meta = load_checkpoint(bench_checkpoint(work, arch="tiny" if args.tiny else args.arch))
+    loaded = LoadedModel(model=model, meta=meta, sha256="-")
+    runtime = Runtime("auto", cache=default_cache(os.environ), threads=threads, infer_hw=(h, w))
+    loaded = asyncio.run(runtime.prepare(loaded))
+    net = loaded.onnx or model
+    drive = Drive("rural", seed=0, width=rs.width, height=rs.height, switch_at=0)
+    store = CandidateStore(work / "frame-costs", rs.max_candidates)
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Callable[..., T], *a: Any, **k: Any) -> T:
+        start = time.perf_counter()
+        out = fn(*a, **k)
+        times.setdefault(name, []).append((time.perf_counter() - start) * 1000.0)
+        return out
+
+    try:
+        for i in range(8 if args.tiny else 20):
+            frame = timed("camera_render", drive.frame, i)
+            x = timed("preprocess", preprocess, frame.image, (h, w))
+            with torch.inference_mode():
+                low = timed("inference", net.forward_lowres, x)[0]
+            mining = timed("mining", mine, low, frame.image.shape[:2], rs.region_frac, None)
+            result = FrameResult(
+                frame_id=f"cost-{i}", image=frame.image, logits=low.float(), infer_hw=(h, w),
+                mining=mining, infer_ms=0.0, model_version=meta.version,
+            )  # fmt: skip
+            parts = timed("region", region_parts, result)
+            timed("store", store.add, *parts)
+            timed(
+                "preview", preview_payload, result, robot_id="bench", width=w, height=h,
+                quality=rs.preview_quality, fps=0.0,
+            )  # fmt: skip
+    finally:
+        store.close()
+        torch.set_num_threads(threads_before)
+    per_frame = 1.0 / rs.store_every
+    camera_fps = args.camera_fps if args.camera_fps is not None else rs.camera_fps
+    preview_fps = args.preview_fps if args.preview_fps is not None else rs.preview_fps
+    per_preview = min(1.0, preview_fps / camera_fps)
+    every = {"region": per_frame, "store": per_frame, "preview": per_preview}
+    ms = {k: median(v) for k, v in times.items()}
+    return {
+        "runtime": loaded.runtime,
+        "infer_size": infer_size,
+        "ms_p50": {k: r(v) for k, v in ms.items()},
+        "share_of_frames": {k: r(every.get(k, 1.0), 3) for k in ms},
+        "ms_per_frame": r(sum(v * every.get(k, 1.0) for k, v in ms.items())),
+        "ms_per_frame_without_render": r(
+            sum(v * every.get(k, 1.0) for k, v in ms.items() if k != "camera_render")
+        ),
+        "frames": len(times["inference"]),
+    }
+
+
 def miou_at(
     sizes: list[tuple[int, int]], frames: int
 ) -> dict[tuple[int, int], tuple[float, float]]:
@@ -303,6 +378,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         work = Path(tmp)
         for runtime, size in cases:
             rows.append(asyncio.run(_agent_run(args, work, runtime, size)))
+        costs = frame_costs(args, work, default_size)
         sweep_rows = None if args.no_sweep else sweep(args, work)
     if not args.tiny:
         sizes = sorted({_size(row["infer_size"]) for row in rows})
@@ -315,6 +391,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     main = next((x for x in rows if x["runtime"] == "onnx"), rows[0])
     result: dict[str, Any] = dict(main)
     result["runtime"] = rows  # the headline's own runtime is in each row
+    result["frame_costs"] = costs
     if sweep_rows is not None:
         result["sweep"] = sweep_rows
     fps, mining = main["fps"], main["mining_over_frame"]
