@@ -45,6 +45,8 @@ T = TypeVar("T")
 GRAPH_FORMAT: Final = 1
 #: An export that takes longer than this is abandoned (the robot stays on torch).
 EXPORT_TIMEOUT_S: Final = 600.0
+#: How often a robot waiting for another process's export looks at its lock.
+LOCK_POLL_S: Final = 0.5
 
 
 def default_cache(environ: Mapping[str, str]) -> Path:
@@ -106,7 +108,9 @@ class Runtime:
         except (ModelError, OSError, ImportError) as exc:
             if self.mode == "onnx":
                 raise ModelError(f"robot.runtime is onnx: {exc}") from exc
-            logger.warning("model %s runs on torch: %s", loaded.version, exc)
+            logger.warning(
+                "model %s runs on torch: %s (graph cache %s)", loaded.version, exc, self.cache
+            )
             return dataclasses.replace(loaded, onnx=None)
         logger.info("model %s runs on onnxruntime", loaded.version)
         return dataclasses.replace(loaded, onnx=onnx_model)
@@ -118,7 +122,7 @@ class Runtime:
         async with self._export_lock:
             if not path.is_file():
                 await asyncio.to_thread(self.cache.mkdir, parents=True, exist_ok=True)
-                lock_fd = await asyncio.to_thread(_lock_file, path.with_suffix(".lock"))
+                lock_fd = await _lock_file(path.with_suffix(".lock"))
                 try:
                     if not path.is_file():
                         await self._export(arch, classes, path)
@@ -163,12 +167,22 @@ def _export_command(
     return argv, env
 
 
-def _lock_file(path: Path) -> int:
-    """Blocking: an exclusive flock on ``path``; returns its descriptor (close to release)."""
+def _try_lock(path: Path) -> int | None:
+    """An exclusive flock on ``path`` if free now: its descriptor (close to release), else None."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
     except BaseException:
         os.close(fd)
         raise
+    return fd
+
+
+async def _lock_file(path: Path) -> int:
+    """Wait (cancellably) for the lock another process's export holds; its descriptor."""
+    while (fd := _try_lock(path)) is None:  # noqa: ASYNC110 (held by another process)
+        await asyncio.sleep(LOCK_POLL_S)
     return fd

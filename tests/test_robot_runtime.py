@@ -125,3 +125,25 @@ async def test_hot_swap_and_rollback_on_onnx(
         assert back.version == "base" and back.onnx is not None
         assert probe_difference(back.onnx, back.model, INFER_HW) < 1e-3
         assert robot.worker.errors == 0
+
+
+async def test_a_robot_waits_for_another_process_export_and_reuses_it(
+    tmp_path: Path, graphs: Path
+) -> None:
+    import fcntl
+    import os
+
+    name = _cache_name("tiny", 19)
+    cache = tmp_path / "shared-cache"
+    cache.mkdir()
+    fd = os.open(cache / name.replace(".onnx", ".lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # "another process" is exporting
+    try:
+        runtime = Runtime("onnx", cache=cache, threads=1, infer_hw=INFER_HW)
+        waiting = asyncio.create_task(runtime.graph("tiny", 19))
+        await asyncio.sleep(1.0)
+        assert not waiting.done()
+        (cache / name).write_bytes((graphs / name).read_bytes())  # its export lands
+    finally:
+        os.close(fd)  # and it lets go
+    assert await asyncio.wait_for(waiting, 10) == (graphs / name).read_bytes()
