@@ -121,6 +121,12 @@ def graph_weights(model: nn.Module) -> dict[str, np.ndarray]:
 def with_weights(graph: bytes, model: nn.Module) -> bytes:
     """``graph`` (exported from a network of ``model``'s architecture) holding ``model``'s
     weights; ModelError when a weight of the graph is missing or has another shape."""
+    return fill_weights(graph, graph_weights(model))
+
+
+def fill_weights(graph: bytes, weights: dict[str, np.ndarray]) -> bytes:
+    """`with_weights` in two halves (the robot runs each between two frames): ``weights`` as
+    `graph_weights` names them, written into ``graph``."""
     import onnx
     from onnx import numpy_helper
 
@@ -128,7 +134,6 @@ def with_weights(graph: bytes, model: nn.Module) -> bytes:
         proto = onnx.load_from_string(graph)
     except Exception as exc:  # protobuf's DecodeError and others
         raise ModelError(f"ONNX graph does not parse: {exc}") from exc
-    weights = graph_weights(model)
     for i, init in enumerate(proto.graph.initializer):
         value = weights.get(init.name)
         if value is None:

@@ -70,7 +70,12 @@ def checked_session(
     graph: bytes, model: SegNet, size_hw: tuple[int, int], threads: int
 ) -> OnnxModel:
     """Build the session for ``graph`` and check it against ``model``; ModelError if off."""
-    onnx_model = OnnxModel(graph, threads)
+    return check_against(OnnxModel(graph, threads), model, size_hw)
+
+
+def check_against(onnx_model: OnnxModel, model: SegNet, size_hw: tuple[int, int]) -> OnnxModel:
+    """``onnx_model`` if its logits on the probe frame are within `PROBE_TOLERANCE` of
+    ``model``'s, else ModelError."""
     try:
         diff = probe_difference(onnx_model, model, size_hw)
     except ModelError:
