@@ -14,7 +14,7 @@ import torch
 
 from common.errors import ModelError
 from models.network import SegNet, preprocess
-from models.onnx_export import INPUT, OUTPUT
+from models.onnx_graph import INPUT, OUTPUT
 
 #: Largest absolute logit difference between onnxruntime and torch on the probe frame.
 PROBE_TOLERANCE: Final = 1e-3

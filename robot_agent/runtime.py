@@ -10,7 +10,7 @@ signature, and the graph always matches the robot's own exporter and onnxruntime
 costs tens of seconds of exporter work, so it is done once per architecture and number of
 classes, in a child process (no interpreter lock shared with the frames), and cached in
 ``robot.onnx_cache``. Each model then costs a fraction of a second: its weights are written
-into the cached graph (`models.onnx_export.with_weights`), a session is built, and its logits
+into the cached graph (`models.onnx_graph.with_weights`), a session is built, and its logits
 on a probe frame are checked against torch (within `PROBE_TOLERANCE`). Those steps run each
 between two of the worker's frames (`ModelSlot.run_between_frames`), like the other install
 steps, so frames keep flowing during a hot swap.
@@ -34,7 +34,7 @@ import torch
 
 import models
 from common.errors import ModelError
-from models.onnx_export import fill_weights, graph_weights
+from models.onnx_graph import fill_weights, graph_weights
 from models.onnx_session import OnnxModel, check_against, onnxruntime_installed
 from robot_agent.inference import LoadedModel, ModelSlot
 
@@ -163,7 +163,7 @@ def _export_command(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     h, w = infer_hw
     argv = [
-        sys.executable, "-m", "models.onnx_export",
+        sys.executable, "-m", "models.onnx_graph",
         "--arch", arch, "--classes", str(classes), "--out", str(path.resolve()),
         "--height", str(h), "--width", str(w),
     ]  # fmt: skip

@@ -1,4 +1,5 @@
-"""ONNX export: one graph for every frame size, the same logits as torch, weights swapped in."""
+"""ONNX graphs: one for every frame size, the same logits as torch, weights swapped in; and
+`export_onnx`'s full-resolution file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 
 from common.errors import ModelError
 from models.network import SegNet, build_model, preprocess
-from models.onnx_export import export_onnx, fold_batchnorm, with_weights
+from models.onnx_export import export_onnx
+from models.onnx_graph import fold_batchnorm, with_weights, write_graph
 from models.onnx_session import OnnxModel, checked_session, probe_difference, probe_frame
 
 
@@ -27,9 +29,9 @@ def tiny(seed: int, classes: int = 19) -> SegNet:
 
 @pytest.fixture(scope="module")
 def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding the tiny net (seed 0) exported once through the public signature."""
+    """A folder holding the robot's graph of the tiny net (seed 0), exported once."""
     folder = tmp_path_factory.mktemp("onnx")
-    export_onnx(tiny(0), folder / "tiny.onnx", height=60, width=80)
+    write_graph(tiny(0), folder / "tiny.onnx", height=60, width=80)
     return folder
 
 
@@ -83,6 +85,19 @@ def test_a_graph_of_another_shape_or_garbage_is_refused(graph: bytes) -> None:
         checked_session(graph, tiny(1), (60, 80), threads=1)  # seed 0's weights, seed 1's net
 
 
-def test_export_onnx_writes_only_its_file(graph: bytes, graph_dir: Path) -> None:
+def test_write_graph_writes_only_its_file(graph: bytes, graph_dir: Path) -> None:
     assert [p.name for p in graph_dir.iterdir()] == ["tiny.onnx"]  # no temp file left
     assert graph_dir.joinpath("tiny.onnx").read_bytes() == graph
+
+
+def test_export_onnx_full_resolution_file(tmp_path: Path) -> None:
+    model = tiny(2)
+    export_onnx(model, tmp_path / "m.onnx", height=48, width=64)
+    session = OnnxModel((tmp_path / "m.onnx").read_bytes(), threads=1)
+    for hw in ((48, 64), (60, 100)):
+        x = preprocess(probe_frame(hw))
+        with torch.inference_mode():
+            expected = model(x)  # forward: logits at the input size
+        got = torch.from_numpy(session.session.run(None, {"image": x.numpy()})[0])
+        assert got.shape == expected.shape == (1, 19, *hw)
+        assert float((got - expected).abs().max()) < 1e-4

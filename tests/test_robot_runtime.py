@@ -24,7 +24,7 @@ INFER_HW = (60, 80)  # robot_settings' inference size
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A graph cache holding the tiny net's graph, exported once the robot's way (a child
-    process running ``python -m models.onnx_export``)."""
+    process running ``python -m models.onnx_graph``)."""
     cache = tmp_path_factory.mktemp("onnx-cache")
     runtime = Runtime("onnx", cache=cache, threads=1, infer_hw=INFER_HW)
     graph = asyncio.run(runtime.graph("tiny", 19))
