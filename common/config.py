@@ -68,7 +68,7 @@ class RobotSettings(_Section):
         description="sim:urban|rural|drive|route, folder:PATH, mqtt:TOPIC, video:PATH_OR_URL, "
         "rosbag:PATH[:TOPIC]",
     )
-    camera_fps: float = Field(15.0, gt=0, le=240)
+    camera_fps: float = Field(30.0, gt=0, le=240)
     pace: Literal["recorded", "fps"] = Field(
         "recorded",
         description="video files and bags: follow the recording's timestamps (scaled by rate) "
@@ -90,6 +90,15 @@ class RobotSettings(_Section):
         0, ge=0, le=256, description="torch threads for inference; 0: all cores but one"
     )
     device: str = Field("auto", description="auto, cpu or cuda")
+    runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto",  # onnxruntime: 2-3x faster than torch on CPU (ars bench robot)
+        description="what runs the model: onnx (onnxruntime, checked against torch at load), "
+        "torch, or auto (onnx on a CPU device when onnxruntime is installed and agrees, "
+        "else torch)",
+    )
+    onnx_cache: Path | None = Field(
+        None, description="folder of exported ONNX graphs; default: ~/.cache/ars/onnx"
+    )
     preview_fps: float = Field(5.0, ge=0, le=60)
     preview_quality: int = Field(80, ge=10, le=100)
     select_ratio: float = Field(0.2, gt=0, le=1)
@@ -103,6 +112,13 @@ class RobotSettings(_Section):
         "of the 3x3 grid windows used least so far, so windows cover the whole image",
     )
     region_frac: float = Field(0.5, gt=0, le=1)
+    store_every: int = Field(
+        2,  # at the 30-fps camera: 15 candidates a second, as the 15-fps camera stored before
+        ge=1,
+        le=1000,
+        description="store one candidate per N frames, the hardest of them (storing costs "
+        "10-25 ms a frame; consecutive frames at 30 fps are near duplicates)",
+    )
     max_candidates: int = Field(5000, ge=10, le=1_000_000)
     model: Path | None = Field(None, description="initial checkpoint; default: the shipped base")
     switch_at: int = Field(300, ge=0, description="sim:drive frames before the rural stretch")

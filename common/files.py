@@ -2,7 +2,8 @@
 
 Readers (and a process restarted after a crash) see the old file or the new one, never a torn
 one; a failed write leaves no temp file behind. ``mkstemp`` creates the file with mode 0600;
-pass ``mode`` for an ordinary file others may read.
+pass ``mode`` for an ordinary file others may read. ``durable=False`` skips the fsync (a power
+cut may then leave the new file empty or short) for files whose readers check their size.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import BinaryIO
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
+def atomic_writer(
+    path: Path, *, mode: int | None = None, durable: bool = True
+) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` when the block ends without an error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -24,7 +27,8 @@ def atomic_writer(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -33,7 +37,7 @@ def atomic_writer(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
         raise
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int | None = None, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (see the module docstring)."""
-    with atomic_writer(path, mode=mode) as fh:
+    with atomic_writer(path, mode=mode, durable=durable) as fh:
         fh.write(data)

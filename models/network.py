@@ -119,9 +119,13 @@ def preprocess(
     batch = np.ascontiguousarray(batch)
     if not batch.flags.writeable:  # torch warns on read-only arrays; frames may be frozen
         batch = batch.copy()
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2)  # a channels-last view, no copy
     if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        # resized as uint8: torch's channels-last uint8 kernel is ~9x faster than the float one
+        # (640x480 to 320x240: 5.5 vs 49 ms under load), and differs by rounding to whole levels
+        # (what a camera at the smaller size would deliver anyway)
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    x = x.float().div_(255.0)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -34,7 +35,7 @@ from common.schemas import (
 )
 from common.topics import Topics
 from models.checkpoint import DEFAULT_CHECKPOINT
-from robot_agent.candidates import CandidateStore
+from robot_agent.candidates import CandidateStore, HardestOf
 from robot_agent.commands import RobotCommands
 from robot_agent.frames import preview_payload, region_parts
 from robot_agent.inference import (
@@ -48,6 +49,7 @@ from robot_agent.mailbox import LatestMailbox
 from robot_agent.model_store import ModelFiles
 from robot_agent.model_update import ModelUpdater
 from robot_agent.outbox import RobotOutbox
+from robot_agent.runtime import Runtime, default_cache
 from robot_agent.sources import CameraFrame, FrameSource, MqttSource, open_source
 from robot_agent.transfer import DataTransfer
 
@@ -85,12 +87,19 @@ class RobotAgent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_preview = 0.0
         self._last_frame_t: float | None = None
+        self._hardest: HardestOf[FrameResult] = HardestOf(
+            settings.robot.store_every, lambda r: r.mining.score
+        )
+        #: Set once the start-up model has its runtime (at once for runtime torch and onnx;
+        #: for auto, when the background switch to onnxruntime has succeeded or given up).
+        self.runtime_ready = asyncio.Event()
         # set in __aenter__
         self.source: FrameSource
         self.store: CandidateStore
         self.slot: ModelSlot
         self.files: ModelFiles
         self.worker: InferenceWorker
+        self.runtime: Runtime
         self.link: MqttLink
         self.transfer: DataTransfer
         self.updater: ModelUpdater
@@ -108,11 +117,24 @@ class RobotAgent:
 
     async def _start(self) -> None:
         rs, data_dir = self.rs, self.settings.data_dir
-        torch.set_num_threads(inference_threads(rs.threads))
+        threads = inference_threads(rs.threads)
+        torch.set_num_threads(threads)
         self.files = ModelFiles(data_dir / "models")
         fallback = rs.model or DEFAULT_CHECKPOINT
         loaded = await asyncio.to_thread(self.files.load_last_good, Path(fallback), self.device)
+        self.runtime = Runtime(
+            rs.runtime,
+            cache=rs.onnx_cache or default_cache(os.environ),
+            threads=threads,
+            infer_hw=(rs.infer_height, rs.infer_width),
+            device=self.device,
+        )
+        if rs.runtime == "onnx":  # required: a robot that cannot run it does not start
+            loaded = await self.runtime.prepare(loaded)
         self.slot = ModelSlot(loaded)
+        self.runtime.slot = self.slot  # from now on its steps take turns with the frames
+        if rs.runtime != "auto":
+            self.runtime_ready.set()
         self.store = await asyncio.to_thread(
             CandidateStore, data_dir / "candidates", rs.max_candidates
         )
@@ -184,6 +206,7 @@ class RobotAgent:
             status=self.outbox.status,
             event=self._updater_event,
             changed=self.publish_state,
+            prepare=self.runtime.prepare,
         )
         self.commands = RobotCommands(
             self.outbox,
@@ -199,10 +222,25 @@ class RobotAgent:
         self.spawn(self._camera(), "robot-camera")
         self.spawn(self.worker.run(self.mailbox, self._on_result, self._error), "robot-infer")
         self.spawn(self._heartbeat(), "robot-heartbeat")
+        if rs.runtime == "auto":
+            self.spawn(self._switch_runtime(), "robot-runtime")
         logger.info(
             "robot %s up: source %s, model %s (%s), device %s",
             self.rid, self.source.description, loaded.version, loaded.meta.arch, self.device,
         )  # fmt: skip
+
+    async def _switch_runtime(self) -> None:
+        """Auto: the start-up model moves to onnxruntime once its graph is ready (the export
+        runs in a child process; until then torch runs the frames)."""
+        try:
+            loaded = self.slot.current
+            prepared = await self.runtime.prepare(loaded)
+            # an install that swapped meanwhile prepared its own model: leave it
+            if prepared.onnx is not None and self.slot.current is loaded:
+                self.slot.swap(prepared)
+                await self.outbox.event("info", f"model {loaded.version} runs on onnxruntime")
+        finally:
+            self.runtime_ready.set()
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -317,25 +355,28 @@ class RobotAgent:
         want_preview = rs.preview_fps > 0 and t - self._last_preview >= 1.0 / rs.preview_fps
         if want_preview:
             self._last_preview = t
+        stored = self._hardest.offer(result)  # one candidate per `robot.store_every` frames
         try:
-            preview = await asyncio.to_thread(self._keep, result, want_preview)
+            preview = await asyncio.to_thread(self._keep, stored, result if want_preview else None)
         except ArsError as exc:
-            logger.warning("robot %s: frame %s not stored: %s", self.rid, result.frame_id, exc)
-            await self._error(f"frame {result.frame_id} not stored: {exc}")
+            frame_id = stored.frame_id if stored is not None else result.frame_id
+            logger.warning("robot %s: frame %s not stored: %s", self.rid, frame_id, exc)
+            await self._error(f"frame {frame_id} not stored: {exc}")
             return
         self.frames += 1
         if preview is not None:
             await self.outbox.preview(preview)
 
-    def _keep(self, result: FrameResult, want_preview: bool) -> bytes | None:
-        """Blocking: store the frame's candidate and, when due, encode its preview."""
-        candidate, crop_png, mask_png = region_parts(result)
-        self.store.add(candidate, crop_png, mask_png)
-        if not want_preview:
+    def _keep(self, stored: FrameResult | None, preview: FrameResult | None) -> bytes | None:
+        """Blocking: store a frame's candidate and encode a frame's preview (either optional)."""
+        if stored is not None:
+            candidate, crop_png, mask_png = region_parts(stored)
+            self.store.add(candidate, crop_png, mask_png)
+        if preview is None:
             return None
         rs = self.rs
         return preview_payload(
-            result,
+            preview,
             robot_id=self.rid,
             width=rs.infer_width,
             height=rs.infer_height,
@@ -402,6 +443,7 @@ class RobotAgent:
         self.fps = 0.0
         self._last_frame_t = None
         self._last_preview = 0.0
+        self._hardest.reset()
         self._seg_on.set()
         await self.publish_state()
 

@@ -65,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera-fps", type=float, help="camera frames per second")
     parser.add_argument("--threads", type=int, help="torch threads for inference")
     parser.add_argument("--device", help="auto, cpu or cuda")
+    parser.add_argument("--runtime", choices=("auto", "onnx", "torch"), help="inference runtime")
     parser.add_argument("--seed", type=int, help="simulator seed")
     parser.add_argument("--switch-at", type=int, help="sim:drive frames before the rural stretch")
     parser.add_argument("--max-candidates", type=int, help="bound of the candidate store")
@@ -80,6 +81,7 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "camera_fps": "camera_fps",
         "threads": "threads",
         "device": "device",
+        "runtime": "runtime",
         "seed": "seed",
         "switch_at": "switch_at",
         "max_candidates": "max_candidates",

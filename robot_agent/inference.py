@@ -28,6 +28,7 @@ from common.schemas import ModelRef
 from models.checkpoint import CheckpointMeta
 from models.mining import MiningResult, WindowRule, mine
 from models.network import SegNet, preprocess
+from models.onnx_session import OnnxModel
 from models.selection import GridSpreader
 from robot_agent.mailbox import LatestMailbox
 from robot_agent.sources import CameraFrame
@@ -38,12 +39,22 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A verified model in memory, with the SHA-256 of its checkpoint file and where it lies."""
+    """A verified model in memory, with the SHA-256 of its checkpoint file and where it lies.
+
+    ``onnx``, when set, computes the same logits as ``model`` (checked at load, see
+    ``robot_agent.runtime``) and runs the frames; ``model`` stays for the checks and as the
+    fallback."""
 
     model: SegNet
     meta: CheckpointMeta
     sha256: str
     path: Path | None = None
+    onnx: OnnxModel | None = None
+
+    @property
+    def runtime(self) -> str:
+        """What runs the frames: "onnx" or "torch"."""
+        return "torch" if self.onnx is None else "onnx"
 
     @property
     def version(self) -> str:
@@ -244,7 +255,7 @@ class InferenceWorker:
         start = time.perf_counter()
         x = preprocess(image, size).to(device)
         with self.slot.forward_pass(), torch.inference_mode():
-            low = model.forward_lowres(x)[0]
+            low = (loaded.onnx or model).forward_lowres(x)[0]
         infer_ms = (time.perf_counter() - start) * 1000.0
         frame_hw = (int(image.shape[0]), int(image.shape[1]))
         low = low.float().cpu()

@@ -10,6 +10,7 @@ Methods block (disk, torch): call them through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -128,7 +129,7 @@ class ModelFiles:
             self._write_pointer(new, running.ref().model_dump(mode="json"))
         except OSError as exc:
             raise StorageError(f"cannot persist model {new.version}: {exc}") from exc
-        return LoadedModel(model=new.model, meta=new.meta, sha256=new.sha256, path=self.current)
+        return dataclasses.replace(new, path=self.current)
 
     def install_file(self, path: Path, new: LoadedModel, running: LoadedModel) -> LoadedModel:
         """``path`` (a received checkpoint, already flushed) becomes current.pt by one rename,
@@ -139,7 +140,7 @@ class ModelFiles:
             self._write_pointer(new, running.ref().model_dump(mode="json"))
         except OSError as exc:
             raise StorageError(f"cannot persist model {new.version}: {exc}") from exc
-        return LoadedModel(model=new.model, meta=new.meta, sha256=new.sha256, path=self.current)
+        return dataclasses.replace(new, path=self.current)
 
     def _keep_as_previous(self, running: LoadedModel) -> None:
         if running.path == self.previous:
@@ -174,6 +175,4 @@ class ModelFiles:
             self._write_pointer(previous, running.ref().model_dump(mode="json") if kept else None)
         except OSError as exc:
             raise StorageError(f"cannot roll back on disk: {exc}") from exc
-        return LoadedModel(
-            model=previous.model, meta=previous.meta, sha256=previous.sha256, path=self.current
-        )
+        return dataclasses.replace(previous, path=self.current)

@@ -53,6 +53,8 @@ MAX_IDLE_ROUNDS = 10
 StatusSink = Callable[[ModelStatus], Awaitable[None]]
 EventSink = Callable[[str, str], Awaitable[None]]  # (level, message)
 ChangeSink = Callable[[], Awaitable[None]]
+#: Gives a built model its runtime (``robot_agent.runtime.Runtime.prepare``).
+PrepareStep = Callable[[LoadedModel], Awaitable[LoadedModel]]
 
 
 @dataclass
@@ -84,6 +86,7 @@ class ModelUpdater:
         status: StatusSink,
         event: EventSink,
         changed: ChangeSink,
+        prepare: PrepareStep | None = None,
     ) -> None:
         self.robot_id = robot_id
         self.slot = slot
@@ -97,6 +100,7 @@ class ModelUpdater:
         self._status = status
         self._event = event
         self._changed = changed
+        self._prepare = prepare
         self._rx: _Receive | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -357,6 +361,8 @@ class ModelUpdater:
         )
         try:
             await asyncio.to_thread(between, dry_run, model, self.infer_hw, len(meta.classes))
+            if self._prepare is not None:  # onnxruntime session: steps between frames too
+                new = await self._prepare(new)
             if data is None:
                 new = await asyncio.to_thread(self.files.install_file, path, new, running)
             else:
@@ -409,6 +415,8 @@ class ModelUpdater:
                 self.infer_hw,
                 len(previous.meta.classes),
             )
+            if self._prepare is not None:
+                previous = await self._prepare(previous)
             installed = await asyncio.to_thread(self.files.rollback, previous, running)
             self._spare = self.slot.swap(installed).model
             await self._send(installed.version, "rolled_back")

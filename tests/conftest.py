@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,16 @@ async def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     factory = amqtt_broker if request.param == "amqtt" else mosquitto_broker
     async with factory(tmp_path) as handle:
         yield handle
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The user cache (the robot's exported ONNX graphs) in a folder of this test session, for
+    in-process agents and the ``ars`` processes tests start alike; never the real one."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before

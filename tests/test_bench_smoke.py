@@ -71,6 +71,15 @@ def test_robot_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:
         assert key in out, key
     assert out["fps"] > 0 and out["frames"] > 1
     assert out["mining_ms_p50"] > 0 and out["infer_ms_p50"] > 0
+    rows = out["runtime"]  # torch and onnx at the inference size, onnx at the larger one
+    assert [(x["runtime"], x["infer_size"]) for x in rows] == [
+        ("torch", "160x120"), ("onnx", "160x120"), ("onnx", "320x240"),
+    ]  # fmt: skip
+    assert all(x["fps"] > 0 and x["store_ms_p50"] > 0 for x in rows)
+    assert out["camera"].endswith("at 30 fps")
+    costs = out["frame_costs"]
+    assert costs["runtime"] == "onnx" and costs["ms_p50"]["inference"] > 0
+    assert costs["share_of_frames"]["region"] == 0.5  # one candidate per 2 frames
 
 
 def test_transfer_bench_keys(started: dict[str, subprocess.Popen[str]]) -> None:

@@ -68,6 +68,8 @@ def robot_argv(broker: BrokerHandle, data_dir: Path, base: Path, camera: Path) -
         "5",
         "--preview-fps",
         "0",
+        "--runtime",
+        "torch",
         "--threads",
         "1",
         "--device",

@@ -28,6 +28,7 @@ async def test_ars_robot_process_runs_and_stops_on_sigterm(
         "--infer-size", "80x60",
         "--threads", "1",
         "--device", "cpu",
+        "--runtime", "torch",
         "--preview-fps", "10",
     ]  # fmt: skip
     async with Operator(broker) as op:

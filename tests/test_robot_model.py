@@ -79,11 +79,20 @@ async def test_update_while_segmenting_persists_and_survives_restart(
                 await op.status("v2", state)
             assert robot.slot.current.version == "v2"
             assert robot.slot.current.sha256 == offer.sha256
-            # later frames run the new model: previews say so
+
+            # later frames run the new model: previews say so (frames inferred before the swap
+            # may still be in the pipeline, so wait for the first v2 one, then no more base)
+            def versions() -> list[str]:
+                return [
+                    PreviewHeader.model_validate(preview_parts(p)[0]).model_version
+                    for p in op.of("preview")
+                ]
+
+            await op.wait(lambda: "v2" in versions())
             seen = len(op.of("preview"))
-            await op.wait(lambda: len(op.of("preview")) > seen + 1)
-            last = PreviewHeader.model_validate(preview_parts(op.of("preview")[-1])[0])
-            assert last.model_version == "v2"
+            await op.wait(lambda: len(op.of("preview")) > seen)
+            seq = versions()
+            assert set(seq[seq.index("v2") :]) == {"v2"}  # never back to base
             state = await op.wait(
                 lambda: [s for s in op.states() if s.model and s.model.version == "v2"]
             )

@@ -16,7 +16,7 @@ from common.envelope import encode
 from common.errors import ConfigError, ModelError
 from common.images import encode_jpeg, encode_png
 from robot_agent import cli
-from robot_agent.candidates import Candidate, CandidateStore
+from robot_agent.candidates import Candidate, CandidateStore, HardestOf
 from robot_agent.inference import class_mask
 from robot_agent.mailbox import LatestMailbox
 from robot_agent.model_store import ModelFiles
@@ -80,22 +80,38 @@ def test_candidate_store_is_bounded_and_survives_reopen(tmp_path: Path) -> None:
     (root / "crops" / ".r999.png.123.tmp").write_bytes(b"x")
     reopened = CandidateStore(root, max_candidates=10)
     store_ids = [c.region_id for c in reopened.unsent()]
-    lost = store_ids[-1]
+    lost, torn = store_ids[-1], store_ids[-2]
     (root / "masks" / f"{lost}.png").unlink()
+    # files are not fsynced: a power cut can leave one short; its recorded size gives it away
+    (root / "crops" / f"{torn}.png").write_bytes(crop[: len(crop) // 2])
     reopened.close()
 
     again = CandidateStore(root, max_candidates=10)
-    assert again.count == 9 and again.unsent_count == 8
+    assert again.count == 8 and again.unsent_count == 7
     assert again.get(top.region_id) is not None and again.get(top.region_id).sent  # type: ignore[union-attr]
-    assert again.get(lost) is None
+    assert again.get(lost) is None and again.get(torn) is None
     assert sorted(p.name for p in (root / "crops").iterdir()) == sorted(
-        f"{c}.png" for c in [top.region_id, *store_ids[:-1]]
+        f"{c}.png" for c in [top.region_id, *store_ids[:-2]]
     )
     # full again: sent candidates go before unsent ones, whatever their score
-    for i in range(100, 102):
+    for i in range(100, 103):
         again.add(cand(i, 0.0), crop, mask)
     assert again.get(top.region_id) is None and again.count == 10
     again.close()
+
+
+def test_hardest_of_n_keeps_one_per_n_the_highest_score() -> None:
+    pick: HardestOf[tuple[str, float]] = HardestOf(3, lambda item: item[1])
+    frames = [("a", 0.2), ("b", 0.9), ("c", 0.5), ("d", 0.1), ("e", 0.1), ("f", 0.3), ("g", 1.0)]
+    assert [pick.offer(f) for f in frames] == [
+        None, None, ("b", 0.9), None, None, ("f", 0.3), None,
+    ]  # fmt: skip
+    pick.reset()  # segmentation stopped: "g" is forgotten, the next group starts afresh
+    assert [pick.offer(f) for f in frames[:3]] == [None, None, ("b", 0.9)]
+    every: HardestOf[tuple[str, float]] = HardestOf(1, lambda item: item[1])
+    assert [every.offer(f) for f in frames[:2]] == frames[:2]
+    with pytest.raises(ValueError):
+        HardestOf(0, float)
 
 
 def test_selection_and_full_frame_estimate_by_hand() -> None:

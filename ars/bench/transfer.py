@@ -350,8 +350,8 @@ async def on_broker(
                 await robot.link.wait_connected(10)
                 real_keep, real_swap = robot._keep, robot.slot.swap
 
-                def keep(result: Any, want_preview: bool) -> Any:
-                    out_ = real_keep(result, want_preview)
+                def keep(stored: Any, preview: Any) -> Any:
+                    out_ = real_keep(stored, preview)
                     frames.append(time.perf_counter())
                     return out_
 

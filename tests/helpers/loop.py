@@ -72,6 +72,8 @@ ROBOT: dict[str, Any] = {
     "infer_height": HW[0],
     "threads": 1,
     "device": "cpu",
+    # the ONNX runtime has its own tests (test_robot_runtime.py); the loop's figures are on torch
+    "runtime": "torch",
     "preview_fps": 2.0,
 }
 #: robot: resend request after this long without a chunk (the default is 2 s)
@@ -158,7 +160,7 @@ def robot_argv(broker: BrokerHandle, data_dir: Path, base: Path) -> list[str]:
         "--size", f"{r['width']}x{r['height']}",
         "--infer-size", f"{r['infer_width']}x{r['infer_height']}",
         "--camera-fps", str(r["camera_fps"]), "--preview-fps", str(r["preview_fps"]),
-        "--threads", "1", "--device", "cpu",
+        "--threads", "1", "--device", "cpu", "--runtime", r["runtime"],
     ]  # fmt: skip
 
 

@@ -58,6 +58,8 @@ def robot_settings(
         "infer_height": 60,
         "threads": 1,
         "device": "cpu",
+        "runtime": "torch",  # test_robot_runtime.py covers onnx and auto
+        "store_every": 1,  # one candidate per frame, as the tests count them
         "preview_fps": 20.0,
         "model": model,
     }
