@@ -14,9 +14,9 @@ from models.onnx_session import probe_difference
 from robot_agent.agent import RobotAgent
 from robot_agent.model_store import load_verified
 from robot_agent.runtime import Runtime, _cache_name
-from tests.conftest import BrokerHandle
+from tests.helpers.brokers import BrokerHandle
 from tests.test_robot_model import make_offer, send_model, tiny_bytes
-from tests.test_robot_support import Operator, preview_parts, robot_settings
+from tests.helpers.robot import Operator, preview_parts, robot_settings
 
 INFER_HW = (60, 80)  # robot_settings' inference size
 
@@ -93,7 +93,7 @@ async def test_without_onnxruntime_auto_runs_torch_and_onnx_refuses(
 
 
 def robot_settings_model(tmp_path: Path) -> Path:
-    from tests.test_robot_support import tiny_checkpoint
+    from tests.helpers.robot import tiny_checkpoint
 
     return tiny_checkpoint(tmp_path / "m.pt", "base", seed=0)
 

@@ -1,6 +1,6 @@
 """The page at phone, tablet and desktop widths (390, 820, 1280 px), freshly opened: only
 ``ars web`` on a real broker, in Debian's chromium; a screenshot at each width and the layout
-facts of tests/ui_layout.py. The whole loop checks them again with real frames and figures
+facts of tests/helpers/layout.py. The whole loop checks them again with real frames and figures
 (tests/test_ui_e2e.py)."""
 
 from __future__ import annotations
