@@ -15,8 +15,8 @@ from robot_agent.agent import RobotAgent
 from robot_agent.model_store import load_verified
 from robot_agent.runtime import Runtime, _cache_name
 from tests.helpers.brokers import BrokerHandle
-from tests.test_robot_model import make_offer, send_model, tiny_bytes
 from tests.helpers.robot import Operator, preview_parts, robot_settings
+from tests.test_robot_model import make_offer, send_model, tiny_bytes
 
 INFER_HW = (60, 80)  # robot_settings' inference size
 
