@@ -4,7 +4,8 @@
   touches the session of that id: the agent holding it stays connected and keeps receiving.
 - A link that is connected but deaf (the broker stopped delivering;
   ``tests/helpers/deafproxy.py`` drops the broker's PUBLISH packets while pings pass) notices
-  within two keepalive periods through its own heartbeat, reconnects, resubscribes, and each agent says so with a warning event.
+  within two keepalive periods through its own heartbeat, reconnects, resubscribes, and each
+  agent says so with a warning event.
 """
 
 from __future__ import annotations
