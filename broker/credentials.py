@@ -10,13 +10,13 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.credentials import secrets_file as local_secrets_file
 from common.errors import ConfigError
+from common.files import write_atomic
 
 _N, _R, _P = 2**14, 8, 1
 ADMIN_USERS = ("server", "operator")
@@ -64,13 +64,8 @@ def read_password_file(path: Path) -> dict[str, str]:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write a secret file atomically with mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    """Write a secret file atomically with mode 0600 (``common.files.write_atomic``)."""
+    write_atomic(path, text.encode("utf-8"), mode=0o600)
 
 
 @dataclass(frozen=True)

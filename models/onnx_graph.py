@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Final
@@ -31,6 +29,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from common.errors import ModelError
+from common.files import write_atomic
 
 INPUT: Final = "image"
 OUTPUT: Final = "logits"
@@ -97,20 +96,7 @@ def export_graph(model: nn.Module, height: int = 240, width: int = 320) -> bytes
 
 def write_graph(model: nn.Module, out: Path, height: int = 240, width: int = 320) -> None:
     """Write `export_graph` of ``model`` to ``out`` atomically (temp file, fsync, rename)."""
-    data = export_graph(model, height, width)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(Path(out), export_graph(model, height, width), mode=0o644)
 
 
 def graph_weights(model: nn.Module) -> dict[str, np.ndarray]:
