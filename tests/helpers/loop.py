@@ -74,6 +74,7 @@ ROBOT: dict[str, Any] = {
     "device": "cpu",
     # the ONNX runtime has its own tests (test_robot_runtime.py); the loop's figures are on torch
     "runtime": "torch",
+    "store_every": 1,  # one candidate per frame, as the loop counts them
     "preview_fps": 2.0,
 }
 #: robot: resend request after this long without a chunk (the default is 2 s)
