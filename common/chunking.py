@@ -22,11 +22,13 @@ def split_chunks(data: bytes, chunk_size: int = MAX_CHUNK_BYTES) -> list[bytes]:
     return [bytes(view[i : i + chunk_size]) for i in range(0, max(len(data), 1), chunk_size)]
 
 
-class ChunkAssembler:
-    """Receives chunks in any order, rejects corrupt ones, and assembles only a verified whole.
+class ChunkBook:
+    """Which chunks of one offered payload have arrived, and the checks every chunk passes.
 
     A chunk is accepted only when its index is in range, its length is the one the offer
     implies, and its SHA-256 matches. Duplicates (QoS1 redelivery, resends) are harmless.
+    Subclasses keep the bytes (``_store``): in memory (``ChunkAssembler``) or on disk (the
+    robot's ``ChunkFile``).
     """
 
     def __init__(self, *, total_bytes: int, chunk_size: int, chunks: int, sha256: str) -> None:
@@ -39,7 +41,6 @@ class ChunkAssembler:
         self.chunk_size = chunk_size
         self.chunks = chunks
         self.sha256 = sha256
-        self._buffer = bytearray(total_bytes)
         self._have: set[int] = set()
 
     def expected_length(self, index: int) -> int:
@@ -59,10 +60,12 @@ class ChunkAssembler:
             raise TransferError(f"chunk {index} fails its SHA-256 check")
         if index in self._have:
             return False
-        start = index * self.chunk_size
-        self._buffer[start : start + len(data)] = data
+        self._store(index, data)
         self._have.add(index)
         return True
+
+    def _store(self, index: int, data: bytes) -> None:
+        raise NotImplementedError
 
     @property
     def received(self) -> int:
@@ -75,10 +78,27 @@ class ChunkAssembler:
     def missing(self) -> list[int]:
         return [i for i in range(self.chunks) if i not in self._have]
 
-    def assemble(self) -> bytes:
-        """The whole artifact, only once complete and matching the offer's SHA-256."""
+    def _check_complete(self) -> None:
         if not self.complete:
             raise TransferError(f"transfer incomplete: {len(self.missing())} chunks missing")
+
+
+class ChunkAssembler(ChunkBook):
+    """Receives chunks in any order into memory and assembles only a verified whole."""
+
+    def __init__(self, *, total_bytes: int, chunk_size: int, chunks: int, sha256: str) -> None:
+        super().__init__(
+            total_bytes=total_bytes, chunk_size=chunk_size, chunks=chunks, sha256=sha256
+        )
+        self._buffer = bytearray(total_bytes)
+
+    def _store(self, index: int, data: bytes) -> None:
+        start = index * self.chunk_size
+        self._buffer[start : start + len(data)] = data
+
+    def assemble(self) -> bytes:
+        """The whole artifact, only once complete and matching the offer's SHA-256."""
+        self._check_complete()
         data = bytes(self._buffer)
         if sha256_bytes(data) != self.sha256:
             raise TransferError("assembled artifact fails its SHA-256 check")

@@ -4,8 +4,8 @@ Each chunk is checked (index, length, its own SHA-256) and written at its offset
 file beside the robot's models; the whole payload's SHA-256 advances over the longest
 received prefix, so when the last chunk lands the file is on disk and its hash is done: the
 install starts at once instead of assembling and hashing the whole payload first. Chunks that
-arrive ahead of a gap (a resend) wait in memory until the gap is filled. The same checks as
-``common.chunking.ChunkAssembler``, without holding the payload in memory.
+arrive ahead of a gap (a resend) wait in memory until the gap is filled. The checks are
+``common.chunking.ChunkBook``'s; the payload is never held in memory.
 
 Writes are small (one chunk, to the page cache) and run on the caller's thread; ``finish``
 fsyncs and is meant for a worker thread.
@@ -17,28 +17,21 @@ import hashlib
 import os
 from pathlib import Path
 
-from common.chunking import chunk_count
+from common.chunking import ChunkBook
 from common.errors import TransferError
-from common.hashing import digests_equal, sha256_bytes
+from common.hashing import digests_equal
 
 
-class ChunkFile:
+class ChunkFile(ChunkBook):
     """One payload being received into ``path`` (created here, removed by ``discard``)."""
 
     def __init__(
         self, path: Path, *, total_bytes: int, chunk_size: int, chunks: int, sha256: str
     ) -> None:
-        if chunk_count(total_bytes, chunk_size) != chunks:
-            raise TransferError(
-                f"offer is inconsistent: {total_bytes} bytes in {chunk_size}-byte chunks "
-                f"is {chunk_count(total_bytes, chunk_size)} chunks, not {chunks}"
-            )
+        super().__init__(
+            total_bytes=total_bytes, chunk_size=chunk_size, chunks=chunks, sha256=sha256
+        )
         self.path = path
-        self.total_bytes = total_bytes
-        self.chunk_size = chunk_size
-        self.chunks = chunks
-        self.sha256 = sha256
-        self._have: set[int] = set()
         self._ahead: dict[int, bytes] = {}  # received past the hashed prefix
         self._next = 0  # first chunk not yet hashed
         self._digest = hashlib.sha256()
@@ -47,30 +40,18 @@ class ChunkFile:
         except OSError as exc:
             raise TransferError(f"cannot receive into {path}: {exc}") from exc
 
-    def expected_length(self, index: int) -> int:
-        if index == self.chunks - 1:
-            return self.total_bytes - self.chunk_size * (self.chunks - 1)
-        return self.chunk_size
-
     def add(self, index: int, data: bytes, chunk_sha256: str) -> bool:
         """Check and write one chunk; False for a duplicate; TransferError for a bad one."""
         if self._fd is None:
             raise TransferError("payload already finished or discarded")
-        if not 0 <= index < self.chunks:
-            raise TransferError(f"chunk index {index} out of range 0..{self.chunks - 1}")
-        if len(data) != self.expected_length(index):
-            raise TransferError(
-                f"chunk {index} has {len(data)} bytes, expected {self.expected_length(index)}"
-            )
-        if sha256_bytes(data) != chunk_sha256:
-            raise TransferError(f"chunk {index} fails its SHA-256 check")
-        if index in self._have:
-            return False
+        return super().add(index, data, chunk_sha256)
+
+    def _store(self, index: int, data: bytes) -> None:
+        assert self._fd is not None  # add checked it
         try:
             os.pwrite(self._fd, data, index * self.chunk_size)
         except OSError as exc:
             raise TransferError(f"cannot write chunk {index} to {self.path}: {exc}") from exc
-        self._have.add(index)
         if index == self._next:
             self._digest.update(data)
             self._next += 1
@@ -79,23 +60,10 @@ class ChunkFile:
                 self._next += 1
         else:
             self._ahead[index] = data
-        return True
-
-    @property
-    def received(self) -> int:
-        return len(self._have)
-
-    @property
-    def complete(self) -> bool:
-        return len(self._have) == self.chunks
-
-    def missing(self) -> list[int]:
-        return [i for i in range(self.chunks) if i not in self._have]
 
     def finish(self) -> Path:
         """The complete payload's file, flushed to disk, once its SHA-256 matches the offer's."""
-        if not self.complete:
-            raise TransferError(f"transfer incomplete: {len(self.missing())} chunks missing")
+        self._check_complete()
         if self._fd is None:
             raise TransferError("payload already finished or discarded")
         fd, self._fd = self._fd, None
