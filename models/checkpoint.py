@@ -103,7 +103,14 @@ def weights_checkpoint_bytes(weights: Mapping[str, torch.Tensor], meta: Checkpoi
     """A checkpoint file's bytes from weights and their metadata (a model rebuilt from a
     delta, ``models.delta``); its stored SHA-256 is recomputed, not taken from `meta`."""
     state = _packed(weights)
-    payload: dict[str, Any] = {
+    buf = io.BytesIO()
+    torch.save(_file_dict(state, meta, weights_sha256(state)), buf)
+    return buf.getvalue()
+
+
+def _file_dict(state: dict[str, torch.Tensor], meta: CheckpointMeta, sha: str) -> dict[str, Any]:
+    """What a checkpoint file holds: the weights and their metadata (the one layout)."""
+    return {
         "format": FORMAT,
         "weights": state,
         "arch": meta.arch,
@@ -112,11 +119,8 @@ def weights_checkpoint_bytes(weights: Mapping[str, torch.Tensor], meta: Checkpoi
         "metrics": dict(meta.metrics),
         "dtype": meta.dtype,
         "created": meta.created,
-        "weights_sha256": weights_sha256(state),
+        "weights_sha256": sha,
     }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return buf.getvalue()
 
 
 def _payload(
@@ -139,18 +143,7 @@ def _payload(
         weights_sha256=weights_sha256(state),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    payload: dict[str, Any] = {
-        "format": FORMAT,
-        "weights": state,
-        "arch": meta.arch,
-        "classes": list(meta.classes),
-        "version": meta.version,
-        "metrics": meta.metrics,
-        "dtype": meta.dtype,
-        "created": meta.created,
-        "weights_sha256": meta.weights_sha256,
-    }
-    return payload, meta
+    return _file_dict(state, meta, meta.weights_sha256), meta
 
 
 def checkpoint_bytes(

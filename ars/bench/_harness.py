@@ -311,3 +311,13 @@ def json_obj(payload: bytes) -> dict[str, Any] | None:
         data = json.loads(payload)
         return data if isinstance(data, dict) else None
     return None
+
+
+def online(suffix: str) -> Any:
+    """An observer predicate: the retained state on a topic ending in `suffix`, once online."""
+
+    def pred(topic: str, payload: bytes) -> Any:
+        d = json_obj(payload) if topic.endswith(suffix) else None
+        return d if d and d.get("online") else None
+
+    return pred

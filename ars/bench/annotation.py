@@ -30,6 +30,7 @@ from ars.bench._harness import (
     broker,
     json_obj,
     median,
+    online,
     r,
     spawn,
     stop,
@@ -171,13 +172,6 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "web", ["web", "--data-dir", str(work / "web"), "--port", str(web_port)],
                 work / "logs", env={"ARS_MQTT__URL": b.url("operator")},
             ))  # fmt: skip
-
-            def online(suffix: str) -> Any:
-                def pred(topic: str, payload: bytes) -> Any:
-                    d = json_obj(payload) if topic.endswith(suffix) else None
-                    return d if d and d.get("online") else None
-
-                return pred
 
             await obs.wait(online("server/state"), 0, timeout=180)
             await obs.wait(online(f"robots/{RID}/state"), 0, timeout=180)

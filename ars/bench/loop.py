@@ -27,6 +27,7 @@ from ars.bench._harness import (
     broker,
     json_obj,
     load_average,
+    online,
     r,
     spawn,
     stop,
@@ -115,13 +116,6 @@ async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, A
                 "robot", ["robot", "--data-dir", str(work / "robot"), *robot_flags],
                 work / "logs", env=b.env(f"robot-{RID}"),
             ))  # fmt: skip
-
-            def online(suffix: str) -> Any:
-                def pred(topic: str, payload: bytes) -> Any:
-                    d = json_obj(payload) if topic.endswith(suffix) else None
-                    return d if d and d.get("online") else None
-
-                return pred
 
             await obs.wait(online("server/state"), 0, timeout=120)
             await obs.wait(online(f"robots/{RID}/state"), 0, timeout=120)
