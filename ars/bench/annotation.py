@@ -142,7 +142,7 @@ async def _annotate(
     return out
 
 
-async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, Any]:
     from ars.bench.loop import Operator
 
     arch = "tiny" if args.tiny else "lraspp_mbv3_large"
@@ -154,23 +154,24 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     server_flags = ["--base-model", str(ckpt), "--no-gate"]
     procs: list[Proc] = []
     web_port = free_port()
-    async with broker("amqtt", work, [RID]) as b:
-        obs = Observer([f"ars/robots/{RID}/#", "ars/server/events", "ars/server/state"])
+    async with broker("amqtt", work, [RID], prefix) as b:
+        topics = b.topics
+        obs = Observer([topics.robot_all(RID), topics.server_events, topics.server_state])
         ready = asyncio.Event()
         obs_task = asyncio.create_task(obs.run(MqttSettings(url=b.url("operator")), ready))
         try:
             await asyncio.wait_for(ready.wait(), 10)
             procs.append(await spawn(
                 "server", ["server", "--data-dir", str(work / "server"), *server_flags],
-                work / "logs", env={"ARS_MQTT__URL": b.url("server")},
+                work / "logs", env=b.env("server"),
             ))  # fmt: skip
             procs.append(await spawn(
                 "robot", ["robot", "--data-dir", str(work / "robot"), *robot_flags],
-                work / "logs", env={"ARS_MQTT__URL": b.url(f"robot-{RID}")},
+                work / "logs", env=b.env(f"robot-{RID}"),
             ))  # fmt: skip
             procs.append(await spawn(
                 "web", ["web", "--data-dir", str(work / "web"), "--port", str(web_port)],
-                work / "logs", env={"ARS_MQTT__URL": b.url("operator")},
+                work / "logs", env=b.env("operator"),
             ))  # fmt: skip
 
             await obs.wait(online("server/state"), 0, timeout=180)
@@ -278,7 +279,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         args.frames, args.regions = min(args.frames, 8), 1
         args.max_strokes = min(args.max_strokes, 4)
     with tempfile.TemporaryDirectory(prefix="ars-bench-annotation-") as tmp:
-        result = asyncio.run(_run(args, Path(tmp)))
+        result = asyncio.run(_run(args, Path(tmp), settings.prefix))
     if args.pictures:
         from ars.bench.annotation_pictures import strips
 

@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 from playwright.async_api import Browser, Locator, Playwright
 
+from ars.bench.annotator_plan import erode
 from tests.helpers.brokers import BrokerHandle
 
 RID = "rover1"
@@ -211,19 +212,6 @@ SHORTCUT_CLASSES = (0, 1, 2, 4, 5, 8, 9, 10, 11, 13)  # web/static/palette.js: k
 def class_key(cls: int) -> str | None:
     """The editor's number key for ``cls``, or None (then its palette button is clicked)."""
     return str((SHORTCUT_CLASSES.index(cls) + 1) % 10) if cls in SHORTCUT_CLASSES else None
-
-
-def erode(mask: np.ndarray, r: int) -> np.ndarray:
-    """Pixels whose whole (2r+1)^2 neighbourhood is in ``mask`` (a stroke there stays inside)."""
-    if r <= 0:
-        return mask.copy()
-    h, w = mask.shape
-    padded = np.pad(mask, r, constant_values=False)
-    out = np.ones_like(mask)
-    for dy in range(2 * r + 1):
-        for dx in range(2 * r + 1):
-            out &= padded[dy : dy + h, dx : dx + w]
-    return out
 
 
 @dataclass(frozen=True)
