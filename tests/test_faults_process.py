@@ -113,15 +113,7 @@ async def test_robot_sigkill_during_model_swap_runs_last_good_model(
         proc = await spawn_cli(argv, log)
         try:
             await op.robot_runs("base", timeout=120)
-            mark = len(op.received)
-            await op.send("transfer_model")
-            await op.until(
-                lambda: (
-                    [s for s in op.statuses()[mark:] if s.state == "verified"]
-                    or proc.returncode is not None
-                ),
-                timeout=120,
-            )
+            await swap_started(op, proc, row.version, log)
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
         finally:
@@ -158,6 +150,44 @@ async def test_robot_sigkill_during_model_swap_runs_last_good_model(
     assert sha256_file(data_dir / "models" / "current.pt") == row.sha256
     with capsys.disabled():
         print(f"\nrobot SIGKILL after statuses {killed_at}: restarted on {outcomes[0]}")
+
+
+async def swap_started(
+    op: LoopOperator, proc: asyncio.subprocess.Process, version: str, log: Path
+) -> None:
+    """Send Transfer Model until the robot says ``verified`` (or already ``active``) for
+    ``version``: the moment to kill it. A transfer the server reports failed (e.g. the robot
+    said nothing within the server's idle timeout on a starved machine) is sent again, at most
+    three times; on a timeout the robot's log and the statuses seen are in the message."""
+    for _ in range(3):
+        ref = await op.send("transfer_model")
+
+        def outcome(ref: str = ref) -> str | None:
+            if proc.returncode is not None:
+                return "exited"
+            # by version, not by position: statuses are a sub-list of all messages received
+            if any(s.version == version and s.state in ("verified", "active")
+                   for s in op.statuses()):  # fmt: skip
+                return "swapping"
+            answers = [e for e in op.all_events() if e.ref == ref]
+            if any(e.kind in ("failed", "rejected") for e in answers):
+                return "again"
+            return None
+
+        try:
+            seen = await op.until(outcome, timeout=180)
+        except TimeoutError:
+            statuses = [(s.version, s.state) for s in op.statuses()]
+            tail = await asyncio.to_thread(log_tail, log)
+            pytest.fail(f"no verified status in 180 s; statuses {statuses}; robot log:\n{tail}")
+        if seen != "again":
+            return
+        await asyncio.sleep(1.0)
+    pytest.fail(f"transfer_model of {version} failed three times: {op.all_events()[-3:]}")
+
+
+def log_tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
 
 
 def robot_settings_server(broker: BrokerHandle, tmp_path: Path):  # type: ignore[no-untyped-def]
