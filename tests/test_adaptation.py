@@ -127,6 +127,32 @@ def test_round_loop_on_a_tiny_model(tmp_path: Path) -> None:
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_rows_in_worker_processes_give_the_same_figures(tmp_path: Path) -> None:
+    """Rows share only the plan: two worker processes reproduce one process bit for bit."""
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, build_model("tiny"), arch="tiny", version="tiny-test")
+    settings = Settings(
+        robot={"width": 160, "height": 120, "infer_width": 80, "infer_height": 60},
+        server={"train_width": 80, "train_height": 60},
+    )
+    parser = argparse.ArgumentParser()
+    adaptation.add_arguments(parser)
+    common = ["--round-frames", "10", "--stride", "3", "--eval-frames", "3", "--rounds", "2",
+              "--rows", "base,default,random,full", "--checkpoint", str(ckpt), "--threads", "1",
+              "--replay-frames", "4", "--iter-floor", "2", "--iter-per-frame", "1",
+              "--iter-cap", "4", "--plot", str(tmp_path / "chart.png"), "--seed", "7"]  # fmt: skip
+    one = adaptation.run(parser.parse_args([*common, "--jobs", "1"]), settings)
+    two = adaptation.run(parser.parse_args([*common, "--jobs", "2"]), settings)
+    assert (one["jobs"], two["jobs"]) == (1, 2)
+    strip = ("seconds",)
+    for name in ("default", "random", "full"):
+        for a, b in zip(one["rows"][name], two["rows"][name], strict=True):
+            assert {k: v for k, v in a.items() if k not in strip} == {
+                k: v for k, v in b.items() if k not in strip
+            }, name
+    assert one["base"] == two["base"]
+
+
 def test_error_map_marks_wrong_pixels_and_ignores_unlabelled() -> None:
     prediction = np.array([[0, 1], [2, 3]])
     label = np.zeros((4, 4), dtype=np.uint8)  # class 0 everywhere but one unlabelled quarter

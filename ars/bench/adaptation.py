@@ -26,10 +26,9 @@ cap), so ``full`` is a converged ceiling rather than a 100-iteration snapshot.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,8 +39,10 @@ if TYPE_CHECKING:
     import numpy as np
 
     from common.samples import LabeledSample
+    from models.checkpoint import CheckpointMeta
     from models.network import SegNet
     from models.selection import GridSpreader
+    from simulator.drive import Drive
     from simulator.scene import Frame
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated rows, or 'all' (adds {', '.join(ORACLE_ROWS)})",
     )
     parser.add_argument("--checkpoint", default=None, help="checkpoint (default: shipped base)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="rows run at once in worker processes "
+        "(default: cores / threads, at most one per row; 1 on a GPU)",
+    )  # fmt: skip
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: server's)")
     parser.add_argument("--plot", default=None, help="PNG chart path (default: data dir)")
     # the recipe; defaults are the server's (common.config.ServerSettings)
@@ -415,20 +420,184 @@ def plot(
     plt.close(fig)
 
 
-def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Plan:
+    """What every row's rounds share: picklable, so a worker process can run a row alone."""
+
+    seed: int
+    rounds: int
+    per_round: int
+    stride: int
+    n_eval: int
+    recipe: Recipe
+    device: str
+    checkpoint: str | None
+    threads: int
+    settings: Settings
+
+    def route(self, other: bool = False) -> Drive:
+        from simulator.drive import Drive
+
+        rs = self.settings.robot
+        seed = self.seed + OTHER_ROUTE_OFFSET if other else self.seed
+        return Drive("route", seed=seed, width=rs.width, height=rs.height)
+
+    def round_indices(self, r: int) -> list[int]:
+        """Route frame indices of round ``r`` (0-based)."""
+        return [(r * self.per_round + j) * self.stride for j in range(self.per_round)]
+
+    def next_indices(self) -> list[int]:
+        driven = self.rounds * self.per_round * self.stride
+        return _eval_indices(driven, driven, self.n_eval)
+
+    def sets(self) -> dict[str, list[LabeledSample]]:
+        """The route ahead of the last round, another route, the old domain."""
+        from simulator.sets import heldout_set
+
+        rs = self.settings.robot
+        infer_hw = (rs.infer_height, rs.infer_width)
+        route, other = self.route(), self.route(other=True)
+        driven = self.rounds * self.per_round * self.stride
+        return {
+            "next": _samples([route.frame(i) for i in self.next_indices()], infer_hw),
+            "other": _samples(
+                [other.frame(i) for i in _eval_indices(0, driven, self.n_eval)], infer_hw
+            ),
+            "urban": heldout_set("urban", self.n_eval, self.seed, infer_hw),
+        }
+
+    def base_model(self) -> tuple[SegNet, CheckpointMeta]:
+        from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+
+        model, meta = load_checkpoint(self.checkpoint or DEFAULT_CHECKPOINT)
+        model.to(self.device).eval()
+        return model, meta
+
+
+#: A row's rounds report each round as it ends (the progress bar); in a worker, via a queue.
+Progress = Callable[[str, int, dict[str, Any]], None]
+
+
+def run_row(name: str, plan: Plan, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Every round of one row, from the base model: mine, select, label, fine-tune, evaluate.
+
+    Rows share nothing but the plan, so each can run in its own process; the result does not
+    depend on which (the random row's generator is seeded per row)."""
     import numpy as np
+    import torch
+
+    from common.samples import resize_sample
+    from models.data import region_training_sample
+    from models.selection import GridSpreader
+    from simulator.oracle import OracleAnnotator
+    from simulator.sets import source_replay_set
+
+    torch.set_num_threads(plan.threads)
+    rs, ss, recipe = plan.settings.robot, plan.settings.server, plan.recipe
+    infer_hw = (rs.infer_height, rs.infer_width)
+    train_hw = (ss.train_height, ss.train_width)
+    sets = plan.sets()
+    replay = source_replay_set(recipe.replay_frames, 0, train_hw) if recipe.replay_frames else []
+    model, _ = plan.base_model()
+    row = Row(name, model)
+    if name == "default" and rs.window == "spread":
+        row.spreader = GridSpreader()  # one for the stream, as on the robot
+    rng = np.random.default_rng(plan.seed)
+    oracle = OracleAnnotator(cache_size=4)
+    route = plan.route()
+    new_frames: list[np.ndarray] = []  # every driven frame at the training size
+    for r in range(plan.rounds):
+        t1 = time.perf_counter()
+        frames = [route.frame(i) for i in plan.round_indices(r)]
+        new_frames += [
+            resize_sample(f.image, np.zeros(f.label.shape, np.uint8), train_hw).image
+            for f in frames
+        ]
+        if name == "full":
+            row.labeled += _samples(frames, train_hw)
+        elif name != "label_free":
+            mined: list[Mined] = []
+            if name != "random":
+                mined = _mine(
+                    row.model, frames, infer_hw, rs.region_frac, row.spreader, name == "oracle"
+                )
+            for i, box in _select(name, frames, mined, plan.settings, rng):
+                f = frames[i]
+                x, y, w, h = box
+                label = oracle.label_crop(f.frame_id, box)
+                crop = f.image[y : y + h, x : x + w]
+                size = (int(f.image.shape[1]), int(f.image.shape[0]))
+                row.labeled.append(region_training_sample(crop, label, box, size, train_hw))
+        info = _adapt_and_train(row, new_frames, replay, recipe, train_hw, recipe.seed + r)
+        info.update(_evaluate(row.model, sets))
+        info["seconds"] = round(time.perf_counter() - t1, 1)
+        row.rounds.append(info)
+        logger.info(
+            "adaptation seed %d round %d %s: next %.3f urban %.3f (%d it)",
+            plan.seed, r + 1, name, info["next"]["miou"], info["urban"]["miou"],
+            info["iterations"],
+        )  # fmt: skip
+        if progress is not None:
+            progress(name, r, info)
+    return row.rounds
+
+
+def _row_in_worker(name: str, plan: Plan, queue: Any) -> list[dict[str, Any]]:
+    def tell(row: str, r: int, info: dict[str, Any]) -> None:
+        queue.put((row, r, info["next"]["miou"]))
+
+    return run_row(name, plan, tell)
+
+
+#: Rows by their share of the work (full trains the most), longest first to balance workers.
+_COST = {"full": 3.0, "oracle": 1.2, "default": 1.1, "ars": 1.1, "random": 1.0, "label_free": 0.2}
+
+
+def run_rows(
+    names: Sequence[str], plan: Plan, jobs: int, progress: Progress
+) -> dict[str, list[dict[str, Any]]]:
+    """Each row's rounds, ``jobs`` rows at a time in worker processes (1: in this process)."""
+    if jobs <= 1:
+        return {name: run_row(name, plan, progress) for name in names}
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    ctx = mp.get_context("spawn")  # torch and threads: never fork
+    with ctx.Manager() as manager, cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+        updates = manager.Queue()
+        order = sorted(names, key=lambda n: -_COST.get(n, 1.0))
+        futures = {pool.submit(_row_in_worker, n, plan, updates): n for n in order}
+        pending = set(futures)
+        while pending:
+            done, pending = cf.wait(pending, timeout=0.5)
+            for f in done:
+                f.result()  # a worker's exception, here
+            while True:
+                try:
+                    row, r, miou = updates.get_nowait()
+                except queue_mod.Empty:
+                    break
+                progress(row, r, {"next": {"miou": miou}})
+        results = {futures[f]: f.result() for f in futures}
+    return {name: results[name] for name in names}
+
+
+def default_jobs(rows: int, threads: int, device: str) -> int:
+    """Worker processes: one per ``threads`` cores, at most one per row; one on a GPU."""
+    import os
+
+    if device != "cpu":
+        return 1
+    return max(1, min(rows, (os.cpu_count() or 1) // max(1, threads)))
+
+
+def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
-    from common.samples import resize_sample
-    from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-    from models.data import region_training_sample
     from models.network import resolve_device
-    from models.selection import GridSpreader
-    from simulator.drive import Drive
-    from simulator.oracle import OracleAnnotator
     from simulator.scene import route_stretch
-    from simulator.sets import heldout_set, source_replay_set
 
     if args.aggregate:
         import json
@@ -437,119 +606,77 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
     preset = QUICK if args.quick else FULL
-    per_round = args.round_frames or preset["round_frames"]
-    stride = args.stride or preset["stride"]
-    n_eval = args.eval_frames or preset["eval_frames"]
-    rounds = max(1, args.rounds)
-    recipe = _recipe(args, settings)
-    device = resolve_device(args.device or settings.server.device)
-    rs, ss = settings.robot, settings.server
-    infer_hw = (rs.infer_height, rs.infer_width)
-    train_hw = (ss.train_height, ss.train_width)
+    rs = settings.robot
     wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
     if wanted == ["all"]:
         wanted = [*ROWS, *ORACLE_ROWS]
     unknown = set(wanted) - set(ROWS) - set(ORACLE_ROWS)
     if unknown or not wanted:
         raise SystemExit(f"rows must be among {ROWS + ORACLE_ROWS} or 'all', got {args.rows!r}")
-    base_model, meta = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT)
-    base_model.to(device).eval()
+    plan = Plan(
+        seed=args.seed,
+        rounds=max(1, args.rounds),
+        per_round=args.round_frames or preset["round_frames"],
+        stride=args.stride or preset["stride"],
+        n_eval=args.eval_frames or preset["eval_frames"],
+        recipe=_recipe(args, settings),
+        device=resolve_device(args.device or settings.server.device),
+        checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        threads=args.threads,
+        settings=settings,
+    )
+    names = [n for n in wanted if n != "base"]
+    jobs = args.jobs or default_jobs(len(names), plan.threads, plan.device)
     timing: dict[str, float] = {}
 
-    # 1. Evaluation sets: the route ahead of the last round, another route, the old domain.
     t0 = time.perf_counter()
-    route = Drive("route", seed=args.seed, width=rs.width, height=rs.height)
-    other = Drive("route", seed=args.seed + OTHER_ROUTE_OFFSET, width=rs.width, height=rs.height)
-    driven = rounds * per_round * stride
-    next_idx = _eval_indices(driven, driven, n_eval)
-    sets = {
-        "next": _samples([route.frame(i) for i in next_idx], infer_hw),
-        "other": _samples([other.frame(i) for i in _eval_indices(0, driven, n_eval)], infer_hw),
-        "urban": heldout_set("urban", n_eval, args.seed, infer_hw),
-    }
-    replay = source_replay_set(recipe.replay_frames, 0, train_hw) if recipe.replay_frames else []
-    timing["sets"] = round(time.perf_counter() - t0, 1)
-
-    base_scores = _evaluate(base_model, sets)
-    rows: dict[str, Row] = {}
-    for name in wanted:
-        if name == "base":
-            continue
-        rows[name] = Row(name, copy.deepcopy(base_model))
-        if name == "default" and rs.window == "spread":
-            rows[name].spreader = GridSpreader()  # one for the stream, as on the robot
-    rng = np.random.default_rng(args.seed)
-    oracle = OracleAnnotator(cache_size=4)
-    looks: list[list[str]] = []
-    new_frames: list[np.ndarray] = []  # every driven frame at the training size
+    base_model, meta = plan.base_model()
+    base_scores = _evaluate(base_model, plan.sets())
+    del base_model
+    timing["base"] = round(time.perf_counter() - t0, 1)
+    looks = [
+        sorted({route_stretch(plan.seed, i) for i in plan.round_indices(r)})
+        for r in range(plan.rounds)
+    ]
     bar = tqdm(
-        total=rounds * len(rows),
-        desc="adaptation",
+        total=plan.rounds * len(names),
+        desc=f"adaptation ({jobs} worker{'s' if jobs > 1 else ''})",
         disable=bool(getattr(args, "json", False)),
         unit="fine-tune",
     )
-    t_train = 0.0
-    for r in range(rounds):
-        t0 = time.perf_counter()
-        idx = [(r * per_round + j) * stride for j in range(per_round)]
-        frames = [route.frame(i) for i in idx]
-        looks.append(sorted({route_stretch(args.seed, i) for i in idx}))
-        new_frames += [
-            resize_sample(f.image, np.zeros(f.label.shape, np.uint8), train_hw).image
-            for f in frames
-        ]
-        timing[f"render_round{r + 1}"] = round(time.perf_counter() - t0, 1)
-        for name, row in rows.items():
-            t1 = time.perf_counter()
-            if name == "full":
-                row.labeled += _samples(frames, train_hw)
-            elif name != "label_free":
-                mined: list[Mined] = []
-                if name != "random":
-                    mined = _mine(
-                        row.model, frames, infer_hw, rs.region_frac, row.spreader, name == "oracle"
-                    )
-                for i, box in _select(name, frames, mined, settings, rng):
-                    f = frames[i]
-                    x, y, w, h = box
-                    label = oracle.label_crop(f.frame_id, box)
-                    crop = f.image[y : y + h, x : x + w]
-                    size = (int(f.image.shape[1]), int(f.image.shape[0]))
-                    row.labeled.append(region_training_sample(crop, label, box, size, train_hw))
-            info = _adapt_and_train(row, new_frames, replay, recipe, train_hw, recipe.seed + r)
-            info.update(_evaluate(row.model, sets))
-            info["seconds"] = round(time.perf_counter() - t1, 1)
-            t_train += info["seconds"]
-            row.rounds.append(info)
-            logger.info(
-                "adaptation seed %d round %d %s: next %.3f urban %.3f (%d it)",
-                args.seed, r + 1, name, info["next"]["miou"], info["urban"]["miou"],
-                info["iterations"],
-            )  # fmt: skip
-            bar.update(1)
-    bar.close()
-    timing["rows"] = round(t_train, 1)
 
-    by_row = {name: row.rounds for name, row in rows.items()}
+    def progress(name: str, r: int, info: dict[str, Any]) -> None:
+        bar.set_postfix_str(f"{name} round {r + 1}: next {info['next']['miou']:.3f}")
+        bar.update(1)
+
+    t0 = time.perf_counter()
+    by_row = run_rows(names, plan, jobs, progress)
+    bar.close()
+    timing["rows"] = round(time.perf_counter() - t0, 1)
+    timing["row_seconds"] = round(sum(i["seconds"] for rnds in by_row.values() for i in rnds), 1)
+
+    next_idx = plan.next_indices()
     result: dict[str, Any] = {
-        "seed": args.seed,
-        "train_seed": recipe.seed,
+        "seed": plan.seed,
+        "train_seed": plan.recipe.seed,
         "quick": bool(args.quick),
-        "device": device,
-        "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT.name),
+        "device": plan.device,
+        "jobs": jobs,
+        "threads": plan.threads,
+        "checkpoint": plan.checkpoint or "(shipped base)",
         "version": meta.version,
         "route": {
-            "seed": args.seed,
-            "rounds": rounds,
-            "frames_per_round": per_round,
-            "stride": stride,
+            "seed": plan.seed,
+            "rounds": plan.rounds,
+            "frames_per_round": plan.per_round,
+            "stride": plan.stride,
             "looks_per_round": looks,
             "next_frames": [next_idx[0], next_idx[-1]],
-            "next_looks": sorted({route_stretch(args.seed, i) for i in next_idx}),
-            "eval_frames": n_eval,
+            "next_looks": sorted({route_stretch(plan.seed, i) for i in next_idx}),
+            "eval_frames": plan.n_eval,
         },
         "budget_pixels": round(rs.select_ratio * rs.region_frac**2, 4),
-        "recipe": {k: v for k, v in recipe.__dict__.items()},
+        "recipe": {k: v for k, v in plan.recipe.__dict__.items()},
         "base": base_scores,
         "rows": by_row,
     }
@@ -559,8 +686,8 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     path = Path(args.plot) if args.plot else settings.data_dir / f"adaptation-s{args.seed}.png"
     if by_row:
         title = (
-            f"adaptation: route seed {args.seed}, {rounds} rounds x {per_round} frames, "
-            f"next = the {n_eval} frames ahead"
+            f"adaptation: route seed {plan.seed}, {plan.rounds} rounds x {plan.per_round} "
+            f"frames, next = the {plan.n_eval} frames ahead"
         )
         plot(by_row, base_scores, path, title)
         result["plot"] = str(path)
