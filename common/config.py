@@ -159,6 +159,11 @@ class ServerSettings(_Section):
     pseudo_threshold: float = Field(
         0.0, ge=0, lt=1, description="softmax confidence of a pseudo-label (0: none)"
     )
+    shared_loss: bool = Field(
+        False,
+        description="new-domain and replay samples each take their share of the loss, "
+        "whatever their labelled pixels (else: summed over pixels)",
+    )
     lr: float = Field(5e-3, gt=0, le=1)  # tuned once on the former label-efficiency bench, seed 11
     batch_size: int = Field(4, ge=1, le=512)
     replay_share: float = Field(0.5, ge=0, lt=1)

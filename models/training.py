@@ -106,6 +106,20 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | Non
     return total / denom.clamp(min=1e-6)
 
 
+def _shared_loss(
+    logits: torch.Tensor, target: torch.Tensor, n_new: int, new_share: float
+) -> torch.Tensor:
+    """The new-domain samples (the first ``n_new``) and the replay samples each take their
+    share of the loss, whatever the number of labelled pixels in each: summed over pixels, a
+    batch of two quarter-frame regions and two replay frames would give the new domain a fifth
+    of the gradient, and the scarcer the labels the slower they would be learnt."""
+    if n_new <= 0 or n_new >= logits.shape[0]:
+        return _loss(logits, target, None)
+    new = _loss(logits[:n_new], target[:n_new], None)
+    old = _loss(logits[n_new:], target[n_new:], None)
+    return new_share * new + (1.0 - new_share) * old
+
+
 def _freeze_bn(model: nn.Module) -> None:
     """Keep BatchNorm statistics fixed: small, mostly-ignore batches would corrupt them."""
     for m in model.modules():
@@ -145,6 +159,7 @@ def finetune(
     should_stop: StopFn | None = None,
     pseudo: Sequence[LabeledSample] = (),
     pseudo_share: float = 0.5,
+    shared_loss: bool = False,
 ) -> TrainResult:
     """Fine-tune `model` in place: SGD momentum 0.9, new regions mixed with replay.
 
@@ -195,7 +210,11 @@ def finetune(
             pairs += pseudo_pool.draw(n_pseudo, rng, size, (1.0, 1.0)) if n_pseudo else []
             pairs += old_pool.draw(n_old, rng, size, (1.0, 1.0)) if n_old else []
             x, y = _stack(pairs)
-            loss = _loss(model(x.to(device)), y.to(device), None)
+            logits, target = model(x.to(device)), y.to(device)
+            if shared_loss and n_old:
+                loss = _shared_loss(logits, target, n_new + n_pseudo, 1.0 - n_old / batch_size)
+            else:
+                loss = _loss(logits, target, None)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)

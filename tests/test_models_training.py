@@ -184,3 +184,41 @@ def test_pretrain_stops_on_its_time_budget() -> None:
     assert seen[-1].elapsed_s < 3.0
     assert seen[-1].lr < 0.2 * 2e-3  # the schedule decayed with time, not steps
     assert not model.training
+
+
+def test_shared_loss_gives_each_half_its_share_whatever_its_labelled_pixels() -> None:
+    """A quarter-frame region beside a full replay frame: summed over pixels the region would
+    weigh a fifth; shared, the new half weighs what its share says."""
+    from models.training import _loss, _shared_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[0] = 255
+    target[0, :4, :4] = torch.randint(0, 3, (4, 4))  # the region: 16 of 64 pixels labelled
+    new, old = _loss(logits[:1], target[:1], None), _loss(logits[1:], target[1:], None)
+    shared = _shared_loss(logits, target, n_new=1, new_share=0.5)
+    assert shared == pytest.approx(0.5 * float(new) + 0.5 * float(old), rel=1e-6)
+    summed = _loss(logits, target, None)  # 16 new pixels against 64 replay pixels
+    assert summed == pytest.approx((16 * float(new) + 64 * float(old)) / 80, rel=1e-6)
+    # nothing to share: a batch of one kind is the plain loss
+    assert _shared_loss(logits, target, n_new=2, new_share=0.5) == pytest.approx(float(summed))
+
+
+def test_finetune_with_shared_loss_learns_from_regions_beside_replay() -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    regions = _colour_samples(6, seed=3)
+    for s in regions:  # a quarter of each labelled, as the robot's regions
+        h, w = s.label.shape
+        keep = np.full_like(s.label, 255)
+        keep[: h // 2, : w // 2] = s.label[: h // 2, : w // 2]
+        s.label[:] = keep
+    replay = _colour_samples(6, seed=4)
+    result = finetune(
+        model, regions, replay, iterations=30, lr=0.05, batch_size=4, size=(32, 48),
+        shared_loss=True,
+    )  # fmt: skip
+    assert result.iterations_done == 30 and all(np.isfinite(result.losses))
+    assert np.mean(result.losses[-5:]) < 0.5 * np.mean(result.losses[:5])
+    assert evaluate(model, _colour_samples(6, seed=9)) > 0.8

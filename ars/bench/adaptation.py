@@ -83,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay-frames", type=int, default=None)
     parser.add_argument("--bn-frames", type=int, default=None, help="0: keep BN statistics")
     parser.add_argument("--pseudo-threshold", type=float, default=None, help="0: no pseudo")
+    parser.add_argument(
+        "--shared-loss", action=argparse.BooleanOptionalAction, default=None,
+        help="new-domain and replay samples each take their share of the loss",
+    )  # fmt: skip
     parser.add_argument("--iter-per-frame", type=float, default=None)
     parser.add_argument("--iter-floor", type=int, default=None)
     parser.add_argument("--iter-cap", type=int, default=None)
@@ -105,6 +109,7 @@ class Recipe:
     frozen_blocks: int
     bn_frames: int  # new-domain frames BN statistics are re-estimated on (0: never)
     pseudo_threshold: float  # softmax confidence of a pseudo-label (0: none)
+    shared_loss: bool  # new-domain and replay samples each take their share of the loss
     per_frame: float
     floor: int
     cap: int
@@ -136,6 +141,7 @@ def _recipe(args: argparse.Namespace, settings: Settings) -> Recipe:
         frozen_blocks=pick(args.frozen_blocks, ss.frozen_blocks),
         bn_frames=pick(args.bn_frames, ss.adapt_bn_frames),
         pseudo_threshold=pick(args.pseudo_threshold, ss.pseudo_threshold),
+        shared_loss=pick(args.shared_loss, ss.shared_loss),
         per_frame=pick(args.iter_per_frame, ss.iterations_per_frame),
         floor=pick(args.iter_floor, ss.iterations),
         cap=pick(args.iter_cap, ss.iterations_cap),
@@ -305,6 +311,7 @@ def _adapt_and_train(
             seed=seed,
             size=train_hw,
             pseudo=pseudo,
+            shared_loss=recipe.shared_loss,
         )
     out["iterations"] = iterations
     out["labeled_frames"] = round(frames_eq, 3)
