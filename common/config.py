@@ -147,7 +147,7 @@ class ServerSettings(_Section):
     """The server agent: stores, fine-tuning and model publishing."""
 
     iterations: int = Field(
-        100, ge=1, le=1_000_000, description="fine-tuning iterations for a few labeled regions"
+        250, ge=1, le=1_000_000, description="fine-tuning iterations for a few labeled regions"
     )
     iterations_per_frame: float = Field(
         3.0, ge=0, le=10_000, description="iterations per whole frame of labeled pixels"
@@ -160,7 +160,7 @@ class ServerSettings(_Section):
         0.0, ge=0, lt=1, description="softmax confidence of a pseudo-label (0: none)"
     )
     shared_loss: bool = Field(
-        False,
+        True,
         description="new-domain and replay samples each take their share of the loss, "
         "whatever their labelled pixels (else: summed over pixels)",
     )
@@ -201,6 +201,17 @@ class ServerSettings(_Section):
 
     max_regions: int = Field(100_000, ge=1)
     base_model: Path | None = Field(None, description="base checkpoint; default: the shipped one")
+
+    def recipe(self) -> dict[str, Any]:
+        """The fine-tune recipe as ``models.training.finetune`` keywords: the one place the
+        server's job and the benches that train as the server does read it from."""
+        return {
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "replay_share": self.replay_share,
+            "frozen_blocks": self.frozen_blocks,
+            "shared_loss": self.shared_loss,
+        }
 
 
 class WebSettings(_Section):

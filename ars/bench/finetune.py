@@ -66,10 +66,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             samples,
             replay,
             iterations=args.iterations,
-            lr=ss.lr,
-            batch_size=ss.batch_size,
-            replay_share=ss.replay_share,
-            frozen_blocks=ss.frozen_blocks,
+            **ss.recipe(),
             size=train_hw,
         )
         if device == "cuda":

@@ -81,10 +81,7 @@ def finetuned(base: Path, iterations: int, seed: int, tiny: bool) -> Any:
     size = (48, 64) if tiny else (96, 128)
     new = render_samples("rural", range(7000 + seed * 100, 7000 + seed * 100 + 12), size=size)
     replay = source_replay_set(8, seed=seed, size=size)
-    finetune(
-        model, new, replay, iterations=iterations, lr=server.lr, batch_size=server.batch_size,
-        replay_share=server.replay_share, frozen_blocks=server.frozen_blocks, seed=seed, size=size,
-    )  # fmt: skip
+    finetune(model, new, replay, iterations=iterations, **server.recipe(), seed=seed, size=size)
     return model
 
 
