@@ -55,7 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--light", action="store_true",
         help="light robots: a real robot's previews, states and region transfers, no model",
     )  # fmt: skip
-    light.add_argument("--transfer-every", type=float, default=10.0, help="seconds")
+    light.add_argument(
+        "--transfer-every", type=float, default=10.0,
+        help="seconds between a light robot's transfers (0: none, previews and states alone)",
+    )  # fmt: skip
+    light.add_argument(
+        "--keep-going", action="store_true", help="run the larger sizes after one fails"
+    )
     light.add_argument("--per-host", type=int, default=100, help="light robots per process")
     light.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
 

@@ -17,7 +17,7 @@ few host processes, at most ``--per-host`` each. For each N, after a warm-up, ov
 
 A size fails (and no larger one runs) when regions are lost or refused, a transfer goes
 unacknowledged, the server stores less than 90 % of what was offered, or the robots cannot
-all connect; ``why`` says which.
+all connect; ``why`` says which (``--keep-going`` runs the larger sizes all the same).
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, A
         try:
             await wait_port(web_port, proc=web)
             db = work / "server" / "server.sqlite3"
-            await wait_file(db, server)
+            await wait_store(db, server)
             base = {"broker": b.proc.process.pid, "server": server.process.pid,
                     "web": web.process.pid}  # fmt: skip
             pids = {k: v for k, v in base.items() if v is not None}
@@ -290,7 +290,7 @@ async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, A
                 rows.append(row)
                 bar.update(1)
                 bar.set_postfix_str(summary(row))
-                if not row["ok"]:
+                if not row["ok"] and not args.keep_going:
                     break
         finally:
             bar.close()
@@ -304,9 +304,9 @@ async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, A
         "rates_per_robot": {
             "previews_per_s": rates.preview_fps,
             "states_per_s": 1.0 / rates.state_interval_s,
-            "regions_per_s": r(rates.regions_per_transfer / rates.transfer_every_s),
+            "regions_per_s": r(rates.regions_per_s),
             "transfer_every_s": rates.transfer_every_s,
-            "regions_per_transfer": rates.regions_per_transfer,
+            "regions_per_transfer": rates.regions_per_transfer if rates.regions_per_s else 0,
         },
         "preview_bytes": rec.preview_bytes,
         "region_bytes": rec.region_bytes,
@@ -332,20 +332,24 @@ def progress(args: argparse.Namespace, total: int) -> Any:
     return tqdm(total=total, desc="fleet sizes", unit="N", disable=args.json, file=sys.stderr)
 
 
-async def wait_file(path: Path, proc: Proc, timeout: float = 60.0) -> None:
+async def wait_store(db: Path, proc: Proc, timeout: float = 60.0) -> None:
+    """Until the server's store answers (the file appears before its tables)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not path.exists():  # noqa: ASYNC240 (a stat while waiting)
+    while True:
+        with contextlib.suppress(sqlite3.Error):
+            server_regions(db)
+            return
         if proc.process.returncode is not None or loop.time() > deadline:
             tail = proc.log.read_text()[-1500:]
-            raise RuntimeError(f"{proc.name}: no store at {path}: {tail}")
+            raise RuntimeError(f"{proc.name}: no store at {db}: {tail}")
         await asyncio.sleep(0.2)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if args.tiny:
         args.robots, args.seconds, args.warmup = "3", min(args.seconds, 3.0), 1.0
-        args.transfer_every = min(args.transfer_every, 1.0)
+        args.transfer_every = min(args.transfer_every, 1.0) if args.transfer_every > 0 else 0.0
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="ars-bench-fleet-light-") as tmp:
         os.chmod(tmp, 0o700)

@@ -11,7 +11,8 @@ made once), so the CPU a light robot costs is the publishing alone.
 Transfers run on a schedule: every ``transfer_every_s`` each robot offers the candidates a real
 robot would have stored meanwhile (``camera_fps / store_every`` a second) and its
 ``DataTransfer`` sends the ``select_ratio`` of them it selects, then waits for the server's
-ack. Robots start their schedules spread over one period. Commands are not acted on.
+ack (``transfer_every_s`` 0: no transfers, previews and states alone). Robots start their
+schedules spread over one period. Commands are not acted on.
 
 On SIGTERM the host stops previews and new transfers, lets transfers in flight finish (or time
 out), says goodbye (retained offline state) and writes what each robot sent and when (JSON).
@@ -82,6 +83,11 @@ class Rates:
     @property
     def regions_per_transfer(self) -> int:
         return math.ceil(self.select_ratio * self.candidates_per_transfer)
+
+    @property
+    def regions_per_s(self) -> float:
+        every = self.transfer_every_s
+        return self.regions_per_transfer / every if every > 0 else 0.0
 
 
 class ReplayCandidates:
@@ -255,6 +261,9 @@ class LightRobot:
     async def _transfers(self) -> None:
         loop = asyncio.get_running_loop()
         every = self.rates.transfer_every_s
+        if every <= 0:
+            await self.stopping.wait()
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), self.offset_s)
         start, k = loop.time(), 0
@@ -304,9 +313,9 @@ async def host(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    n = len(robots)
+    n, spread = len(robots), max(rates.transfer_every_s, 1.0)
     fleet = [
-        LightRobot(rid, url, topics, recording, rates, offset_s=rates.transfer_every_s * i / n,
+        LightRobot(rid, url, topics, recording, rates, offset_s=spread * i / n,
                    max_payload_bytes=max_payload_bytes)
         for i, (rid, url) in enumerate(sorted(robots.items()))
     ]  # fmt: skip
