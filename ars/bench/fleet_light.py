@@ -226,8 +226,9 @@ async def one_size(
     return row
 
 
-async def drained(db: Path, before: int, sent: int, timeout: float = 60.0) -> int:
-    """Regions stored since ``before`` once the count reaches ``sent`` or stops growing (5 s)."""
+async def drained(db: Path, before: int, sent: int, timeout: float = 300.0) -> int:
+    """Regions stored since ``before`` once the count reaches ``sent`` or stops growing (10 s):
+    a server behind its robots works through the broker's queue first."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last, still_since = -1, loop.time()
@@ -237,7 +238,7 @@ async def drained(db: Path, before: int, sent: int, timeout: float = 60.0) -> in
             return stored
         if stored != last:
             last, still_since = stored, loop.time()
-        elif loop.time() - still_since > 5.0:
+        elif loop.time() - still_since > 10.0:
             return stored
         await asyncio.sleep(0.5)
     return server_regions(db) - before
