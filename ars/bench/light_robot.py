@@ -275,11 +275,15 @@ class LightRobot:
                 report = await self.transfer.run()
             except (ArsError, TimeoutError) as exc:  # no ack; or the broker took no publish
                 record.error = f"{exc.__class__.__name__}: {exc}"
+            except asyncio.CancelledError:  # the host's shutdown grace ran out
+                record.error = "cancelled at shutdown"
+                raise
             else:
                 record.seconds = time.perf_counter() - t0
                 record.stored, record.rejected = report.regions, len(report.rejected)
-            record.selected = self.candidates.reads - reads
-            self.log.transfers.append(record)
+            finally:
+                record.selected = self.candidates.reads - reads
+                self.log.transfers.append(record)
             await self.outbox.state()  # as a robot does after each transfer
             k += 1
             wait = max(0.0, start + k * every - loop.time())
@@ -308,6 +312,7 @@ async def host(
     ready: Path,
     max_payload_bytes: int,
     connect_timeout_s: float = 120.0,
+    shutdown_grace_s: float = 20.0,
 ) -> None:
     """Run ``robots`` (id -> broker URL) until SIGTERM; write ``stats`` at the end."""
     loop = asyncio.get_running_loop()
@@ -330,9 +335,15 @@ async def host(
         await stop.wait()
         for robot in fleet:
             robot.stopping.set()
+        # transfers in flight finish (ack or ack timeout) within the grace, else are cancelled
+        _, late = await asyncio.wait(tasks, timeout=shutdown_grace_s)
+        for task in late:
+            task.cancel()
         done = await asyncio.gather(*tasks, return_exceptions=True)
         for robot, outcome in zip(fleet, done, strict=True):
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, BaseException) and not isinstance(
+                outcome, asyncio.CancelledError
+            ):
                 logger.error("light robot %s ended: %r", robot.rid, outcome)
         await asyncio.gather(*(r.goodbye() for r in fleet))
     out: dict[str, Any] = {r.rid: asdict(r.log) for r in fleet}
