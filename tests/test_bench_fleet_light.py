@@ -68,7 +68,7 @@ def test_light_fleet_end_to_end() -> None:
     assert row["regions_stored_per_s"] > 0 and 0 < row["ack_ms_p50"] <= row["ack_ms_p99"]
     # the browser watches one robot: its previews arrive, nobody else's
     assert row["watched_previews_at_browser"] >= 1
-    assert row["watched_previews_at_browser"] <= row["watched_previews_sent"] + 1
+    assert row["watched_previews_at_browser"] <= row["watched_previews_sent"]
     assert 0 < row["web_preview_ms_p50"] <= row["web_preview_ms_p99"] < 5000
     assert row["previews_per_s"] > 3 * 5.0 * 0.5  # 3 robots at 5 a second, loaded machine
     for part in ("broker", "server", "web", "light"):

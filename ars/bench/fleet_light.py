@@ -12,7 +12,8 @@ few host processes, at most ``--per-host`` each. For each N, after a warm-up, ov
 - lost regions: regions the light robots sent minus those the server stored, counted after the
   hosts stop and the server has drained (0 expected; rejected ones are reported apart);
 - web preview latency: one WebSocket client of ``ars web`` watching one robot (``select``),
-  arrival time minus the preview header's ``ts`` (one machine, one clock);
+  arrival time minus the preview header's ``ts`` (one machine, one clock), for the previews
+  sent in the window;
 - CPU (100 = one core) and peak RSS of broker, server, web and the light-robot hosts.
 
 A size fails (and no larger one runs) when regions are lost or refused, a transfer goes
@@ -67,7 +68,7 @@ class PreviewWatcher:
     def __init__(self, url: str, rid: str) -> None:
         self.url = url
         self.rid = rid
-        self.arrivals: list[tuple[float, float]] = []  # (arrival wall clock, latency ms)
+        self.arrivals: list[tuple[float, float]] = []  # (header ts: sent, latency ms)
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
@@ -83,7 +84,8 @@ class PreviewWatcher:
                 if msg.type == aiohttp.WSMsgType.BINARY and bytes(msg.data[:4]) == MAGIC:
                     header = decode(msg.data).header
                     if header.get("type") == "preview" and header.get("robot_id") == self.rid:
-                        self.arrivals.append((arrived, (arrived - float(header["ts"])) * 1e3))
+                        sent = float(header["ts"])
+                        self.arrivals.append((sent, (arrived - sent) * 1e3))
 
 
 def server_regions(db: Path, since: float = 0.0, until: float = math.inf) -> int:
@@ -187,7 +189,7 @@ async def one_size(
     ack_ms = [t["seconds"] * 1e3 for t in in_window if t["seconds"] is not None]
     offered = sum(t["selected"] for t in in_window)
     stored_window = server_regions(db, t0, t1)
-    previews = [lat for at, lat in watcher.arrivals if t0 <= at <= t1]
+    previews = [lat for sent_at, lat in watcher.arrivals if t0 <= sent_at <= t1]
     watched_sent = sum(1 for at in logs.get(WATCHED, {}).get("previews", []) if t0 <= at <= t1)
     all_previews = sum(1 for log in logs.values() for at in log["previews"] if t0 <= at <= t1)
     rss = {name: sampler.usage[name].max_rss for name in pids}
