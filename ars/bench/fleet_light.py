@@ -266,7 +266,6 @@ async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, A
     sizes = [int(v) for v in args.robots.split(",") if v]
     arch = "tiny" if args.tiny else "lraspp_mbv3_large"
     ckpt = bench_checkpoint(work, arch=arch)
-    rec = await asyncio.to_thread(record, work / "recording", ckpt)
     rows: list[dict[str, Any]] = []
     rids = [f"rover{i + 1}" for i in range(max(sizes))]
     bar = progress(args, len(sizes))
@@ -281,6 +280,9 @@ async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, A
             work / "logs", env=b.env("operator"),
         )  # fmt: skip
         try:
+            # recorded while the server and the web app start (both take seconds to import)
+            frames = 2 if args.tiny else 6
+            rec = await asyncio.to_thread(record, work / "recording", ckpt, frames=frames)
             await wait_port(web_port, proc=web)
             db = work / "server" / "server.sqlite3"
             await wait_store(db, server)
