@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from common.envelope import encode
 from common.errors import StorageError, TransferError
@@ -20,9 +20,22 @@ from common.mqtt import MqttLink
 from common.schemas import RegionHeader, RegionsAck, TransferManifest, new_id
 from common.topics import Topics
 from models.selection import select_diverse, select_top
-from robot_agent.candidates import Candidate, CandidateStore
+from robot_agent.candidates import Candidate
 
 logger = logging.getLogger(__name__)
+
+
+class Candidates(Protocol):
+    """What a transfer reads and marks: the robot's ``CandidateStore``, or the light robots'
+    replayed candidates (``ars.bench.light_robot``), which send through this same code."""
+
+    def unsent(self) -> list[Candidate]: ...
+
+    def read_parts(self, region_id: str) -> tuple[bytes, bytes]: ...
+
+    def mark_sent(self, region_ids: list[str]) -> None: ...
+
+    def delete(self, region_ids: list[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -87,7 +100,7 @@ class DataTransfer:
         link: MqttLink,
         topics: Topics,
         robot_id: str,
-        store: CandidateStore,
+        store: Candidates,
         select_ratio: float,
         max_payload_bytes: int,
         select_rule: str = "top",

@@ -24,7 +24,8 @@ BENCHMARKS: dict[str, str] = {
     "transfer": "a model version from offer to active, fp32 and fp16, against raw MQTT",
     "preview": "robot preview to a web WebSocket client: latency, delivery, web CPU",
     "loop": "the whole loop headless with the oracle annotator, stage by stage",
-    "fleet": "N simulated robots on one broker, server and web: fps, CPU, RSS, drops",
+    "fleet": "N simulated robots on one broker, server and web: fps, CPU, RSS, drops "
+    "(--light: robots without a model, the server-side knee)",
     "soak": "N robots looping the whole loop with the oracle: loops, errors, RSS growth, losses",
     "annotation": "strokes per region in the real editor (simulated annotator) vs brush only",
 }

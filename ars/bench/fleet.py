@@ -1,5 +1,7 @@
 """``ars bench fleet``: N simulated robots on one broker, server and web app, previews on.
 
+With ``--light`` the robots are light ones (``ars.bench.fleet_light``): the server-side knee.
+
 Every part is its own process as deployed (``ars broker`` or Mosquitto, ``ars server``,
 ``ars web``, N x ``ars robot --source sim:rural``); psutil reads each one's CPU (100 = one
 core) and peak RSS. For each N the robots start fresh, segment for ``--seconds``, and report
@@ -42,10 +44,26 @@ MIB = 1024 * 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--robots", default="1,4,8", help="fleet sizes")
+    parser.add_argument("--robots", help="fleet sizes (default 1,4,8; light: 10,50,200)")
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per N")
     parser.add_argument("--broker", default="amqtt", choices=["amqtt", "mosquitto"])
-    parser.add_argument("--tiny", action="store_true", help="smoke setting: 1 tiny robot, 2 s")
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke setting: 1 tiny robot (light: 3), 2-3 s"
+    )
+    light = parser.add_argument_group("light robots (ars.bench.fleet_light)")
+    light.add_argument(
+        "--light", action="store_true",
+        help="light robots: a real robot's previews, states and region transfers, no model",
+    )  # fmt: skip
+    light.add_argument(
+        "--transfer-every", type=float, default=10.0,
+        help="seconds between a light robot's transfers (0: none, previews and states alone)",
+    )  # fmt: skip
+    light.add_argument(
+        "--keep-going", action="store_true", help="run the larger sizes after one fails"
+    )
+    light.add_argument("--per-host", type=int, default=100, help="light robots per process")
+    light.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
 
 
 async def count_ws_previews(url: str, counter: list[int], ready: asyncio.Event) -> None:
@@ -208,6 +226,12 @@ async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, A
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    if args.light:
+        from ars.bench import fleet_light
+
+        args.robots = args.robots or "10,50,200"
+        return fleet_light.run(args, settings)
+    args.robots = args.robots or "1,4,8"
     if args.tiny:
         args.seconds = min(args.seconds, 2.0)
     load_before = load_average()
