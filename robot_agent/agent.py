@@ -259,15 +259,7 @@ class RobotAgent:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.link.connected.is_set():
-            with contextlib.suppress(Exception):
-                await self.link.publish(
-                    self.topics.robot_state(self.rid),
-                    self._state(online=False).to_json(),
-                    qos=1,
-                    retain=True,
-                    timeout=3.0,
-                )
+        await self.outbox.goodbye(self._state(online=False))
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the agent keeps, and cancels on shutdown."""

@@ -7,6 +7,7 @@ not raised, so no handler loop dies of it (the link reconnects and the next stat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,19 @@ class RobotOutbox:
             await self.link.publish(topic, payload, qos=qos, retain=retain)
         except TimeoutError as exc:
             logger.warning("robot %s: dropped a message for %s: %s", self.rid, topic, exc)
+
+    async def goodbye(self, offline: RobotState) -> None:
+        """The retained offline state on a clean stop, while the link is up (best effort: the
+        broker's will says the same when it is not)."""
+        if self.link.connected.is_set():
+            with contextlib.suppress(Exception):
+                await self.link.publish(
+                    self.topics.robot_state(self.rid),
+                    offline.to_json(),
+                    qos=1,
+                    retain=True,
+                    timeout=3.0,
+                )
 
     async def state(self) -> None:
         """The retained state, now."""

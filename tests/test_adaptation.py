@@ -83,7 +83,8 @@ def test_scores_count_only_classes_in_the_ground_truth() -> None:
     assert out["miou_large"] == pytest.approx(0.8) and out["miou_small"] == pytest.approx(1.0)
 
 
-def test_round_loop_on_a_tiny_model(tmp_path: Path) -> None:
+def _tiny_bench(tmp_path: Path) -> tuple[Path, Settings, argparse.ArgumentParser]:
+    """A tiny checkpoint, small frames and the bench's own argument parser."""
     ckpt = tmp_path / "tiny.pt"
     save_checkpoint(ckpt, build_model("tiny"), arch="tiny", version="tiny-test")
     settings = Settings(
@@ -92,6 +93,11 @@ def test_round_loop_on_a_tiny_model(tmp_path: Path) -> None:
     )
     parser = argparse.ArgumentParser()
     adaptation.add_arguments(parser)
+    return ckpt, settings, parser
+
+
+def test_round_loop_on_a_tiny_model(tmp_path: Path) -> None:
+    ckpt, settings, parser = _tiny_bench(tmp_path)
     args = parser.parse_args(
         ["--round-frames", "10", "--stride", "3", "--eval-frames", "3", "--rounds", "2",
          "--rows", "all", "--checkpoint", str(ckpt), "--threads", "1", "--replay-frames", "4",
@@ -129,14 +135,7 @@ def test_round_loop_on_a_tiny_model(tmp_path: Path) -> None:
 
 def test_rows_in_worker_processes_give_the_same_figures(tmp_path: Path) -> None:
     """Rows share only the plan: two worker processes reproduce one process bit for bit."""
-    ckpt = tmp_path / "tiny.pt"
-    save_checkpoint(ckpt, build_model("tiny"), arch="tiny", version="tiny-test")
-    settings = Settings(
-        robot={"width": 160, "height": 120, "infer_width": 80, "infer_height": 60},
-        server={"train_width": 80, "train_height": 60},
-    )
-    parser = argparse.ArgumentParser()
-    adaptation.add_arguments(parser)
+    ckpt, settings, parser = _tiny_bench(tmp_path)
     common = ["--round-frames", "10", "--stride", "3", "--eval-frames", "3", "--rounds", "2",
               "--rows", "base,default,random,full", "--checkpoint", str(ckpt), "--threads", "1",
               "--replay-frames", "4", "--iter-floor", "2", "--iter-per-frame", "1",

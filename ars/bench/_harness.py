@@ -321,3 +321,34 @@ def online(suffix: str) -> Any:
         return d if d and d.get("online") else None
 
     return pred
+
+
+@dataclass
+class Backend:
+    """An ``ars server`` and ``ars web`` on a bench broker, as deployed (the fleet benches)."""
+
+    server: Proc
+    web: Proc
+    web_port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/ws"
+
+
+@contextlib.asynccontextmanager
+async def server_and_web(b: Broker, work: Path, checkpoint: Path) -> AsyncIterator[Backend]:
+    """Start both processes (not waiting for them to be ready); stop them on exit."""
+    web_port = free_port()
+    server = await spawn(
+        "server", ["server", "--data-dir", str(work / "server"), "--base-model", str(checkpoint)],
+        work / "logs", env=b.env("server"),
+    )  # fmt: skip
+    web = await spawn(
+        "web", ["web", "--data-dir", str(work / "web"), "--port", str(web_port)],
+        work / "logs", env=b.env("operator"),
+    )  # fmt: skip
+    try:
+        yield Backend(server, web, web_port)
+    finally:
+        await stop([web, server])

@@ -33,11 +33,11 @@ from ars.bench._harness import (
     load_average,
     median,
     r,
+    server_and_web,
     spawn,
     stop,
     wait_port,
 )
-from broker.embedded import free_port
 from common.config import MqttSettings, Settings
 
 MIB = 1024 * 1024
@@ -187,31 +187,19 @@ async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, A
         robot_flags += ["--infer-size", "160x120", "--size", "320x240"]
     rows = []
     rids = [f"rover{i + 1}" for i in range(max(sizes))]
-    async with broker(args.broker, work, rids, prefix) as b:
-        web_port = free_port()
-        server = await spawn(
-            "server", ["server", "--data-dir", str(work / "server"), "--base-model", str(ckpt)],
-            work / "logs", env=b.env("server"),
-        )  # fmt: skip
-        web = await spawn(
-            "web", ["web", "--data-dir", str(work / "web"), "--port", str(web_port)],
-            work / "logs", env=b.env("operator"),
-        )  # fmt: skip
-        try:
-            await wait_port(web_port, proc=web)
-            base = {
-                "broker": b.proc.process.pid,
-                "server": server.process.pid,
-                "web": web.process.pid,
-            }
-            pids = {k: v for k, v in base.items() if v is not None}
-            for n in sizes:
-                rows.append(
-                    await one_size(n, args, b, work, pids, f"http://127.0.0.1:{web_port}/ws",
-                                   robot_flags)
-                )  # fmt: skip
-        finally:
-            await stop([web, server])
+    async with (
+        broker(args.broker, work, rids, prefix) as b,
+        server_and_web(b, work, ckpt) as back,
+    ):
+        await wait_port(back.web_port, proc=back.web)
+        base = {
+            "broker": b.proc.process.pid,
+            "server": back.server.process.pid,
+            "web": back.web.process.pid,
+        }
+        pids = {k: v for k, v in base.items() if v is not None}
+        for n in sizes:
+            rows.append(await one_size(n, args, b, work, pids, back.ws_url, robot_flags))
     by_n = {str(row["robots"]): row for row in rows}
     fleet = [row["fleet_fps"] or 0.0 for row in rows]
     return {

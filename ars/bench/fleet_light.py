@@ -47,12 +47,11 @@ from ars.bench._harness import (
     load_average,
     percentile,
     r,
-    spawn,
+    server_and_web,
     stop,
     wait_port,
 )
 from ars.bench.light_robot import Rates
-from broker.embedded import free_port
 from common.config import RobotSettings, Settings
 from common.files import write_atomic
 
@@ -269,28 +268,22 @@ async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, A
     rows: list[dict[str, Any]] = []
     rids = [f"rover{i + 1}" for i in range(max(sizes))]
     bar = progress(args, len(sizes))
-    async with broker(args.broker, work, rids, prefix) as b:
-        web_port = free_port()
-        server = await spawn(
-            "server", ["server", "--data-dir", str(work / "server"), "--base-model", str(ckpt)],
-            work / "logs", env=b.env("server"),
-        )  # fmt: skip
-        web = await spawn(
-            "web", ["web", "--data-dir", str(work / "web"), "--port", str(web_port)],
-            work / "logs", env=b.env("operator"),
-        )  # fmt: skip
+    async with (
+        broker(args.broker, work, rids, prefix) as b,
+        server_and_web(b, work, ckpt) as back,
+    ):
         try:
             # recorded while the server and the web app start (both take seconds to import)
             frames = 2 if args.tiny else 6
             rec = await asyncio.to_thread(record, work / "recording", ckpt, frames=frames)
-            await wait_port(web_port, proc=web)
+            await wait_port(back.web_port, proc=back.web)
             db = work / "server" / "server.sqlite3"
-            await wait_store(db, server)
-            base = {"broker": b.proc.process.pid, "server": server.process.pid,
-                    "web": web.process.pid}  # fmt: skip
+            await wait_store(db, back.server)
+            base = {"broker": b.proc.process.pid, "server": back.server.process.pid,
+                    "web": back.web.process.pid}  # fmt: skip
             pids = {k: v for k, v in base.items() if v is not None}
             for n in sizes:
-                row = await one_size(n, args, b, work, pids, f"http://127.0.0.1:{web_port}/ws",
+                row = await one_size(n, args, b, work, pids, back.ws_url,
                                      work / "recording", db)  # fmt: skip
                 rows.append(row)
                 bar.update(1)
@@ -299,7 +292,6 @@ async def _run(args: argparse.Namespace, work: Path, prefix: str) -> dict[str, A
                     break
         finally:
             bar.close()
-            await stop([web, server])
     rates = Rates.of(RobotSettings(), args.transfer_every)
     carried = [row["robots"] for row in rows if row["ok"]]
     return {

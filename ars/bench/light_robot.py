@@ -291,15 +291,7 @@ class LightRobot:
                 await asyncio.wait_for(self.stopping.wait(), wait)
 
     async def goodbye(self) -> None:
-        if self.link.connected.is_set():
-            with contextlib.suppress(Exception):
-                await self.link.publish(
-                    self.topics.robot_state(self.rid),
-                    self._state(online=False).to_json(),
-                    qos=1,
-                    retain=True,
-                    timeout=3.0,
-                )
+        await self.outbox.goodbye(self._state(online=False))
 
 
 async def host(
