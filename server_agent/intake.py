@@ -5,6 +5,8 @@ topic, PNG decode with a pixel limit, crop and mask sizes equal to the box, mask
 stored under ``regions/<robot>/<region_id>/``. A region id already stored is acknowledged again
 without touching it, so QoS 1 redelivery is harmless. The manifest closing a transfer is
 answered with ``RegionsAck``: the manifest's ids now stored, and the refused ones with reasons.
+Region files are not fsynced one by one (3.6 ms each, two a region: the intake's ceiling was
+~110 regions/s); one ``syncfs`` before the ack makes the whole transfer durable.
 """
 
 from __future__ import annotations
@@ -97,24 +99,32 @@ class RegionIntake:
             raise ProtocolError(f"region {header.region_id} refused: {exc}") from exc
 
     async def _store(self, header: RegionHeader, crop_png: bytes, mask_png: bytes) -> None:
-        owner = await asyncio.to_thread(self.store.region_owner, header.region_id)
-        if owner is not None:
-            if owner != header.robot_id:
-                raise ProtocolError(f"region id {header.region_id} belongs to robot {owner}")
+        if await asyncio.to_thread(self._store_blocking, header, crop_png, mask_png):
+            logger.info("robot %s: region %s stored", header.robot_id, header.region_id)
+            self.outbox.changed()
+
+    def _store_blocking(self, header: RegionHeader, crop_png: bytes, mask_png: bytes) -> bool:
+        """Check and store one region in one worker-thread hop; True when it is new."""
+        owner = self.store.region_owner(header.region_id)
+        if owner is not None and owner != header.robot_id:
+            raise ProtocolError(f"region id {header.region_id} belongs to robot {owner}")
+        if owner is None:
+            total, _ = self.store.counts()
+            if total >= self.max_regions:
+                raise StorageError(f"the region store is full ({total} of {self.max_regions})")
+        check_region(header, crop_png, mask_png)
+        if not self.store.add_region(header, crop_png, mask_png):
             logger.debug("region %s already stored (redelivery)", header.region_id)
-            return
-        total, _ = await asyncio.to_thread(self.store.counts)
-        if total >= self.max_regions:
-            raise StorageError(f"the region store is full ({total} of {self.max_regions})")
-        await asyncio.to_thread(check_region, header, crop_png, mask_png)
-        if await asyncio.to_thread(self.store.add_region, header, crop_png, mask_png):
-            await asyncio.to_thread(self.store.touch_robot, header.robot_id)
-            if self.on_stored is not None:
-                await asyncio.to_thread(self.on_stored, header.robot_id, header.region_id)
-        logger.info("robot %s: region %s stored", header.robot_id, header.region_id)
-        self.outbox.changed()
+            return False
+        self.store.touch_robot(header.robot_id)
+        if self.on_stored is not None:
+            self.on_stored(header.robot_id, header.region_id)
+        return True
 
     async def _ack(self, manifest: TransferManifest, topic: str) -> None:
+        # the transfer's regions were written without an fsync each: one sync makes them
+        # durable before the ack lets the robot forget them (a failure: no ack, it resends)
+        await asyncio.to_thread(self.store.sync)
         refused = self._refused.get(manifest.transfer_id, {})
         stored: list[str] = []
         rejected: dict[str, str] = {}

@@ -15,13 +15,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from common.errors import StorageError
-from common.files import write_atomic
+from common.files import sync_filesystem, write_atomic
 from common.ids import check_id
 from common.schemas import ModelVersionInfo, RegionHeader
 
@@ -199,13 +199,28 @@ class Store:
         return self.regions_dir / check_id(robot_id, "robot id") / check_id(region_id, "region id")
 
     def add_region(self, header: RegionHeader, crop_png: bytes, mask_png: bytes) -> bool:
-        """Store a validated region; False (nothing written) when its id is already stored."""
-        if self.region_owner(header.region_id) is not None:
-            return False
+        """Store a validated region; False when its id is already stored.
+
+        The files are written atomically but not fsynced one by one: the intake makes a
+        transfer's regions durable together (`sync`) before it acknowledges them. A region
+        stored before a power cut that lost its files' contents comes back unacknowledged, so
+        its robot sends it again: a redelivery rewrites files that are missing or empty.
+        """
         folder = self.region_dir(header.robot_id, header.region_id)
+        if self.region_owner(header.region_id) is not None:
+            for name, data in (("crop.png", crop_png), ("pred.png", mask_png)):
+                path = folder / name
+                with suppress(OSError):
+                    if path.stat().st_size > 0:
+                        continue
+                try:
+                    write_atomic(path, data, durable=False)
+                except OSError as exc:
+                    raise StorageError(f"cannot rewrite region {header.region_id}: {exc}") from exc
+            return False
         try:
-            write_atomic(folder / "crop.png", crop_png)
-            write_atomic(folder / "pred.png", mask_png)
+            write_atomic(folder / "crop.png", crop_png, durable=False)
+            write_atomic(folder / "pred.png", mask_png, durable=False)
         except OSError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             raise StorageError(f"cannot write region {header.region_id}: {exc}") from exc
@@ -228,6 +243,13 @@ class Store:
             # no row (e.g. disk full): no orphan files either; the robot sends it again
             shutil.rmtree(folder, ignore_errors=True)
             raise
+
+    def sync(self) -> None:
+        """What was written so far (region files, the database's log) reaches the disk."""
+        try:
+            sync_filesystem(self.root)
+        except OSError as exc:
+            raise StorageError(f"cannot sync the server store in {self.root}: {exc}") from exc
 
     def region_owner(self, region_id: str) -> str | None:
         rows = self._query("SELECT robot_id FROM regions WHERE region_id = ?", (region_id,))

@@ -27,13 +27,16 @@ def test_rates_are_a_real_robots() -> None:
     assert rates.preview_fps == 5.0
 
 
-def test_replay_candidates_fresh_ids_per_window() -> None:
-    recorded = [
+def _recorded(n: int) -> list[tuple[Candidate, bytes, bytes]]:
+    return [
         (Candidate(f"r{i}", f"f{i}", float(i), 0.5, 0.5, (0, 0, 4, 4), (8, 8), "m", 0.0, 3, 2),
          b"crop%d" % i, b"mask%d" % i)
-        for i in range(3)
+        for i in range(n)
     ]  # fmt: skip
-    store = ReplayCandidates(recorded)
+
+
+def test_replay_candidates_fresh_ids_per_window() -> None:
+    store = ReplayCandidates(_recorded(3), max_candidates=100)
     store.fill(5)
     first = store.unsent()
     assert len(first) == 5 and len({c.region_id for c in first}) == 5
@@ -43,11 +46,29 @@ def test_replay_candidates_fresh_ids_per_window() -> None:
     assert len(chosen) == 2
     assert store.read_parts(chosen[0].region_id) == (b"crop2", b"mask2")
     assert store.reads == 1
+    # an acknowledged transfer: the stored ids are marked sent, the unselected dropped
     store.mark_sent([c.region_id for c in chosen])
-    assert len(store.unsent()) == 3
+    store.delete([c.region_id for c in first if c not in chosen])
+    assert store.unsent() == [] and store.pending() == []
     store.fill(2)
     assert len(store.unsent()) == 2
     assert not {c.region_id for c in store.unsent()} & {c.region_id for c in first}
+
+
+def test_replay_candidates_keep_unacknowledged_regions_for_the_next_transfer() -> None:
+    """As the robot's store does: no ack, nothing marked; the next transfer sends them again."""
+    store = ReplayCandidates(_recorded(3), max_candidates=6)
+    store.fill(3)
+    sent = [c.region_id for c in select(store.unsent(), 0.34, "top")]
+    for rid in sent:
+        store.read_parts(rid)
+    assert set(store.pending()) == set(sent)  # published, no ack yet
+    store.fill(3)  # the next window joins the unsent ones
+    assert len(store.unsent()) == 6 and set(sent) <= {c.region_id for c in store.unsent()}
+    store.fill(2)  # past max_candidates: the lowest scores go, published or not
+    assert len(store.unsent()) == 6
+    assert store.published == set(sent)
+    assert store.evicted_published <= set(sent)
 
 
 def test_light_fleet_end_to_end() -> None:
@@ -61,7 +82,7 @@ def test_light_fleet_end_to_end() -> None:
     row = out["per_n"]["3"]
     assert row["ok"], row["why"]
     # every region the light robots published is a region the server stored and acknowledged
-    assert row["regions_sent"] > 0
+    assert row["regions_sent"] > 0 and row["regions_pending"] == 0
     assert row["regions_stored"] == row["regions_sent"] == row["regions_acked_stored"]
     assert row["lost_regions"] == 0 and row["rejected_regions"] == 0
     assert row["unacked_transfers"] == 0 and row["transfers"] >= 3

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.files import atomic_writer, write_atomic
+from common.files import atomic_writer, sync_filesystem, write_atomic
 
 
 def test_write_atomic_replaces_and_creates_folders(tmp_path: Path) -> None:
@@ -29,3 +29,11 @@ def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
         raise RuntimeError("disk gone")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_sync_filesystem_syncs_and_names_a_missing_path(tmp_path: Path) -> None:
+    write_atomic(tmp_path / "a.bin", b"abc", durable=False)
+    sync_filesystem(tmp_path)  # returns once the file system's writes are on disk
+    assert (tmp_path / "a.bin").read_bytes() == b"abc"
+    with pytest.raises(OSError):
+        sync_filesystem(tmp_path / "missing")

@@ -151,3 +151,22 @@ async def test_bad_regions_are_refused_and_the_store_is_unchanged(
         await robot.link.publish(topic, manifest_payload(RID, "t3", [later[0].region_id]))
         ack3 = await robot.wait_for(_ack("t3"))
         assert ack3.stored == [later[0].region_id]
+
+
+def test_a_redelivery_rewrites_region_files_a_power_cut_emptied(tmp_path: Path) -> None:
+    """Region files are synced per transfer, not per file: a region whose files were lost
+    before the sync is unacknowledged, so its robot resends it, and the resend repairs them."""
+    from server_agent.store import Store
+
+    store = Store(tmp_path / "server")
+    header, crop, mask = make_region()
+    assert store.add_region(header, crop, mask)
+    store.sync()
+    folder = store.region_dir(RID, header.region_id)
+    (folder / "crop.png").write_bytes(b"")  # what a power cut before the sync may leave
+    (folder / "pred.png").unlink()
+    assert not store.add_region(header, crop, mask)  # already stored: not new
+    assert (folder / "crop.png").read_bytes() == crop
+    assert (folder / "pred.png").read_bytes() == mask
+    assert store.counts() == (1, 0)
+    store.close()

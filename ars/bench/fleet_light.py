@@ -9,8 +9,10 @@ few host processes, at most ``--per-host`` each. For each N, after a warm-up, ov
 - regions stored per second: rows the server's store received in the window (its SQLite);
 - ack latency: a transfer's first region published to the server's ``RegionsAck`` received, at
   the light robot (transfers started in the window);
-- lost regions: regions the light robots sent minus those the server stored, counted after the
-  hosts stop and the server has drained (0 expected; rejected ones are reported apart);
+- lost regions, by region id, after the hosts stop and the server has drained: published
+  ones the server did not store, less the ones their robot still holds unsent (pending: a
+  robot keeps an unacknowledged region and sends it again with its next transfer) or evicted
+  unacknowledged from its bounded candidate store (0 lost expected; rejected ones apart);
 - web preview latency: one WebSocket client of ``ars web`` watching one robot (``select``),
   arrival time minus the preview header's ``ts`` (one machine, one clock), for the previews
   sent in the window;
@@ -97,6 +99,12 @@ def server_regions(db: Path, since: float = 0.0, until: float = math.inf) -> int
     return int(n)
 
 
+def server_region_ids(db: Path) -> set[str]:
+    """Every region id in the server's store."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        return {str(rid) for (rid,) in con.execute("SELECT region_id FROM regions")}
+
+
 async def start_hosts(
     rids: Sequence[str], b: Broker, work: Path, recording: Path, args: argparse.Namespace
 ) -> list[tuple[Proc, Path, Path]]:
@@ -141,7 +149,6 @@ async def one_size(
 ) -> dict[str, Any]:  # fmt: skip
     rids = [f"rover{i + 1}" for i in range(n)]
     row: dict[str, Any] = {"robots": n}
-    stored_before = server_regions(db)
     watcher = PreviewWatcher(ws_url, WATCHED)
     ws_task = asyncio.create_task(watcher.run())
     hosts = await start_hosts(rids, b, work / f"n{n}", recording, args)
@@ -178,11 +185,14 @@ async def one_size(
                     f"{proc.log.read_text()[-1500:]}"}  # fmt: skip
         logs.update(json.loads(stats.read_text(encoding="utf-8")))
     transfers = [t for log in logs.values() for t in log["transfers"]]
-    sent = sum(t["selected"] for t in transfers)  # unacknowledged transfers' regions too
     unacked = [t for t in transfers if t["seconds"] is None]
     acked_stored = sum(t["stored"] for t in transfers)
     rejected = sum(t["rejected"] for t in transfers)
-    stored = await drained(db, stored_before, sent)
+    # by region id: a robot keeps an unacknowledged region and sends it again (pending)
+    published = {rid for log in logs.values() for rid in log["published"]}
+    pending = {rid for log in logs.values() for rid in log["pending"]}
+    evicted = {rid for log in logs.values() for rid in log["evicted"]}
+    stored_ids = await drained(db, published - pending - evicted)
     seconds = t1 - t0
     in_window = [t for t in transfers if t0 <= t["start"] <= t1]
     ack_ms = [t["seconds"] * 1e3 for t in in_window if t["seconds"] is not None]
@@ -201,10 +211,12 @@ async def one_size(
         "ack_ms_p99": r(percentile(ack_ms, 99), 1),
         "ack_ms_max": r(max(ack_ms), 1) if ack_ms else None,
         "unacked_transfers": len(unacked),
-        "regions_sent": sent,
+        "regions_sent": len(published),
         "regions_acked_stored": acked_stored,
-        "regions_stored": stored,
-        "lost_regions": sent - stored,
+        "regions_stored": len(published & stored_ids),
+        "regions_pending": len(pending - stored_ids),
+        "regions_evicted": len(evicted - stored_ids),
+        "lost_regions": len(published - stored_ids - pending - evicted),
         "rejected_regions": rejected,
         "previews_per_s": r(all_previews / seconds, 1),
         "watched_previews_sent": watched_sent,
@@ -227,22 +239,21 @@ async def one_size(
     return row
 
 
-async def drained(db: Path, before: int, sent: int, timeout: float = 300.0) -> int:
-    """Regions stored since ``before`` once the count reaches ``sent`` or stops growing (10 s):
-    a server behind its robots works through the broker's queue first."""
+async def drained(db: Path, expected: set[str], timeout: float = 300.0) -> set[str]:
+    """The stored region ids, once ``expected`` are all stored or the count stops growing
+    (10 s): a server behind its robots works through the broker's queue first."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last, still_since = -1, loop.time()
-    while loop.time() < deadline:
-        stored = server_regions(db) - before
-        if stored >= sent:
+    while True:
+        stored = server_region_ids(db)
+        if expected <= stored or loop.time() >= deadline:
             return stored
-        if stored != last:
-            last, still_since = stored, loop.time()
+        if len(stored) != last:
+            last, still_since = len(stored), loop.time()
         elif loop.time() - still_since > 10.0:
             return stored
         await asyncio.sleep(0.5)
-    return server_regions(db) - before
 
 
 def verdict(row: dict[str, Any]) -> tuple[bool, str]:

@@ -63,6 +63,7 @@ class Rates:
     select_ratio: float
     selection: str
     transfer_every_s: float
+    max_candidates: int  # the robot's candidate store's bound
     state_interval_s: float = 1.0
 
     @classmethod
@@ -74,6 +75,7 @@ class Rates:
             select_ratio=rs.select_ratio,
             selection=rs.selection,
             transfer_every_s=transfer_every_s,
+            max_candidates=rs.max_candidates,
         )
 
     @property
@@ -92,29 +94,50 @@ class Rates:
 
 class ReplayCandidates:
     """The ``robot_agent.transfer.Candidates`` a light robot transfers from: each window of
-    candidates is the recorded ones again under fresh ids (in memory; nothing on disk)."""
+    candidates is the recorded ones again under fresh ids (in memory; nothing on disk).
 
-    def __init__(self, recorded: Sequence[tuple[Candidate, bytes, bytes]]) -> None:
+    As in the robot's ``CandidateStore``, a candidate stays unsent until the server's ack
+    names it (or the transfer drops it), so an unacknowledged transfer's regions go out again
+    with the next one; past ``max_candidates`` the lowest scores are evicted."""
+
+    def __init__(
+        self, recorded: Sequence[tuple[Candidate, bytes, bytes]], max_candidates: int
+    ) -> None:
         self._recorded = list(recorded)
+        self.max_candidates = max_candidates
         self._next = 0
         self.reads = 0  # regions read to be published (DataTransfer reads each just before)
         self._window: dict[str, tuple[Candidate, bytes, bytes]] = {}
+        #: Ids read to be published at least once (a resend reads the same id again).
+        self.published: set[str] = set()
+        #: Published ids evicted unacknowledged (the bounded store's choice, not the link's).
+        self.evicted_published: set[str] = set()
 
     def fill(self, n: int) -> None:
-        """A new window of ``n`` unsent candidates (what a robot stored since its last one)."""
-        self._window.clear()
+        """``n`` new unsent candidates (what a robot stored since its last transfer)."""
         for _ in range(n):
             cand, crop, mask = self._recorded[self._next % len(self._recorded)]
             self._next += 1
             fresh = replace(cand, region_id=new_id(), ts=time.time())
             self._window[fresh.region_id] = (fresh, crop, mask)
+        excess = len(self._window) - self.max_candidates
+        if excess > 0:
+            for cand in self.unsent()[-excess:]:
+                del self._window[cand.region_id]
+                if cand.region_id in self.published:
+                    self.evicted_published.add(cand.region_id)
 
     def unsent(self) -> list[Candidate]:
         return sorted((c for c, _, _ in self._window.values()), key=lambda c: -c.score)
 
+    def pending(self) -> list[str]:
+        """Published ids still unsent: the next transfer sends them again."""
+        return [rid for rid in self._window if rid in self.published]
+
     def read_parts(self, region_id: str) -> tuple[bytes, bytes]:
         _, crop, mask = self._window[region_id]
         self.reads += 1
+        self.published.add(region_id)
         return crop, mask
 
     def mark_sent(self, region_ids: list[str]) -> None:
@@ -139,6 +162,9 @@ class TransferRecord:
 class RobotLog:
     previews: list[float] = field(default_factory=list)  # wall clock of each preview sent
     transfers: list[TransferRecord] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)  # region ids, at the end
+    pending: list[str] = field(default_factory=list)  # published, still unsent at the end
+    evicted: list[str] = field(default_factory=list)  # published, evicted unacknowledged
     connections: int = 0
     commands: int = 0
 
@@ -167,7 +193,7 @@ class LightRobot:
         self.log = RobotLog()
         self.frames = 0
         self.stopping = asyncio.Event()
-        self.candidates = ReplayCandidates(recording.regions)
+        self.candidates = ReplayCandidates(recording.regions, rates.max_candidates)
         self.model = ModelRef(**recording.model)
         t = topics
         gone = RobotState(robot_id=rid, online=False, source=SOURCE, started=self.started)
@@ -293,6 +319,14 @@ class LightRobot:
     async def goodbye(self) -> None:
         await self.outbox.goodbye(self._state(online=False))
 
+    def final_log(self) -> RobotLog:
+        """The log with the region accounting of the end (after the last transfer)."""
+        c = self.candidates
+        self.log.published = sorted(c.published)
+        self.log.pending = c.pending()
+        self.log.evicted = sorted(c.evicted_published)
+        return self.log
+
 
 async def host(
     robots: dict[str, str],
@@ -338,7 +372,7 @@ async def host(
             ):
                 logger.error("light robot %s ended: %r", robot.rid, outcome)
         await asyncio.gather(*(r.goodbye() for r in fleet))
-    out: dict[str, Any] = {r.rid: asdict(r.log) for r in fleet}
+    out: dict[str, Any] = {r.rid: asdict(r.final_log()) for r in fleet}
     write_atomic(stats, json.dumps(out).encode(), durable=False)
 
 
