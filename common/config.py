@@ -102,9 +102,10 @@ class RobotSettings(_Section):
     preview_fps: float = Field(5.0, ge=0, le=60)
     preview_quality: int = Field(80, ge=10, le=100)
     select_ratio: float = Field(0.2, gt=0, le=1)
-    selection: Literal["top", "diverse"] = Field(
+    selection: Literal["top", "diverse", "stratified"] = Field(
         "diverse",  # level with "top" with the stable recipe (-0.008..+0.009), covers more road
-        description="top: the paper's top frames; diverse: spread along the route",
+        description="top: the paper's top frames; diverse: the hardest, spread along the "
+        "route; stratified: the hardest of each equal stretch of the route",
     )
     window: Literal["hardest", "spread"] = Field(
         "spread",  # over hardest windows: +0.044, -0.007, +0.063 rural mIoU, label-eff. seeds 1-3

@@ -18,6 +18,7 @@ __all__ = [
     "random_window",
     "select_diverse",
     "select_random",
+    "select_stratified",
     "select_top",
     "spread_windows",
 ]
@@ -81,6 +82,30 @@ def select_diverse(
             taken.append(i)
     taken += skipped[: k - len(taken)]
     return taken
+
+
+def select_stratified(
+    scores: Sequence[float], ratio: float, positions: Sequence[float] | None = None
+) -> list[int]:
+    """The hardest frame of each of k equal stretches of the stream, hardest first (k the
+    budget): frames ordered by `positions` (default: input order) are cut into k consecutive
+    runs of (almost) equal count, and each run gives its highest score (ties: the earlier).
+
+    The entropy rules put the budget where the model is least sure, so a round's labels
+    crowd into the stretches that look hardest and miss the rest of the route, which is most
+    of where the robot drives next. One frame per stretch labels the route in proportion to
+    how much of it each look covers, as random frames do on average, without their luck of
+    the draw; within a stretch, entropy still picks the frame.
+    """
+    n = len(scores)
+    k = budget_count(ratio, n)
+    pos = np.asarray(positions if positions is not None else range(n), dtype=np.float64)
+    if pos.shape != (n,):
+        raise ValueError(f"{len(pos)} positions for {n} scores")
+    order = sorted(range(n), key=lambda i: (float(pos[i]), i))
+    cuts = [round(j * n / k) for j in range(k + 1)] if k else [0]
+    picked = [max(order[cuts[j] : cuts[j + 1]], key=lambda i: float(scores[i])) for j in range(k)]
+    return sorted(picked, key=lambda i: -float(scores[i]))
 
 
 def random_window(

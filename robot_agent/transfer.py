@@ -19,7 +19,7 @@ from common.errors import StorageError, TransferError
 from common.mqtt import MqttLink
 from common.schemas import RegionHeader, RegionsAck, TransferManifest, new_id
 from common.topics import Topics
-from models.selection import select_diverse, select_top
+from models.selection import select_diverse, select_stratified, select_top
 from robot_agent.candidates import Candidate
 
 logger = logging.getLogger(__name__)
@@ -73,15 +73,19 @@ def select(candidates: list[Candidate], ratio: float, rule: str = "top") -> list
     """``ceil(ratio * n)`` candidates by ``models.selection``, the rules the adaptation
     benchmark measures. "top": the highest scores (the paper's; ties: older first). "diverse":
     hardest first, no two within 1/ratio frames of each other (in processing order) while the
-    hardest allow it, so near-duplicate frames of one stretch of road do not fill the budget."""
+    hardest allow it, so near-duplicate frames of one stretch of road do not fill the budget.
+    "stratified": the candidates since the last transfer cut into as many equal runs (in
+    processing order) as the budget, the hardest of each."""
     oldest_first = sorted(candidates, key=lambda c: c.ts)
     scores = [c.score for c in oldest_first]
     if rule == "diverse":
         picked = select_diverse(scores, ratio, range(len(scores)), 1.0 / ratio)
+    elif rule == "stratified":
+        picked = select_stratified(scores, ratio)
     elif rule == "top":
         picked = select_top(scores, ratio)
     else:
-        raise ValueError(f"selection rule must be 'top' or 'diverse', got {rule!r}")
+        raise ValueError(f"selection rule must be 'top', 'diverse' or 'stratified', got {rule!r}")
     return [oldest_first[i] for i in picked]
 
 

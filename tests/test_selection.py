@@ -13,6 +13,7 @@ from models.selection import (
     random_window,
     select_diverse,
     select_random,
+    select_stratified,
     select_top,
     spread_windows,
 )
@@ -142,3 +143,36 @@ def test_robot_diverse_rule_spreads_over_the_route() -> None:
     assert min(gaps) >= 5  # the low-score frames elsewhere fill the rest, still spread
     with pytest.raises(ValueError, match="selection rule"):
         select(cands, 0.2, "newest")
+
+
+def test_stratified_takes_the_hardest_of_each_equal_stretch() -> None:
+    # 50 frames, budget 10: stretches of 5; the hardest ten are all in frames 10-19
+    scores = [0.1] * 50
+    for i in range(10, 20):
+        scores[i] = 1.0 + i / 100
+    scores[33] = 0.5  # the hardest of stretch 30-34
+    picked = select_stratified(scores, 0.2)
+    assert len(picked) == budget_count(0.2, 50) == 10
+    assert sorted(picked) == [0, 5, 14, 19, 20, 25, 33, 35, 40, 45]  # ties: the earlier
+    assert picked[:3] == [19, 14, 33]  # hardest first
+    # positions say the order: reversed positions give the mirrored stretches
+    rev = select_stratified(scores[::-1], 0.2, positions=list(range(49, -1, -1)))
+    assert sorted(49 - i for i in rev) == sorted(picked)
+    # uneven counts: 7 frames, budget 2 -> stretches of 4 and 3 (round(3.5) = 4)
+    assert sorted(select_stratified([1, 2, 3, 9, 5, 6, 4], 0.25)) == [3, 5]
+    assert select_stratified([], 0.2) == []
+    with pytest.raises(ValueError, match="positions"):
+        select_stratified([1.0, 2.0], 0.5, positions=[0.0])
+
+
+def test_robot_stratified_rule_covers_the_route_in_processing_order() -> None:
+    scores = [0.1] * 50
+    for i in range(10, 20):
+        scores[i] = 1.0 + i / 100
+    cands = [
+        Candidate(f"r{i}", f"f{i}", s, 0.5, 0.5, (0, 0, 2, 2), (4, 4), "v", float(i))
+        for i, s in enumerate(scores)
+    ]
+    shuffled = cands[::2] + cands[1::2]  # the store's order does not matter: ts does
+    frames = [int(c.frame_id[1:]) for c in select(shuffled, 0.2, "stratified")]
+    assert sorted(frames) == [0, 5, 14, 19, 20, 25, 30, 35, 40, 45]

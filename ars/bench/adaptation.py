@@ -228,6 +228,7 @@ def _select(
         random_window,
         select_diverse,
         select_random,
+        select_stratified,
         select_top,
         spread_windows,
     )
@@ -247,6 +248,8 @@ def _select(
     if name == "default":
         if rs.selection == "top":
             idx = select_top(scores, ratio)
+        elif rs.selection == "stratified":
+            idx = select_stratified(scores, ratio)
         else:
             idx = select_diverse(scores, ratio, list(range(n)), 1.0 / ratio)
         return [(i, mined[i].box) for i in idx]
@@ -665,7 +668,8 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     timing["rows"] = round(time.perf_counter() - t0, 1)
     timing["row_seconds"] = round(sum(i["seconds"] for rnds in by_row.values() for i in rnds), 1)
     timing["cpu_seconds"] = round(
-        timing["base_cpu_seconds"] + sum(i["cpu_seconds"] for rnds in by_row.values() for i in rnds),
+        timing["base_cpu_seconds"]
+        + sum(i["cpu_seconds"] for rnds in by_row.values() for i in rnds),
         1,
     )
 
