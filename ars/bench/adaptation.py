@@ -694,6 +694,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             "eval_frames": plan.n_eval,
         },
         "budget_pixels": round(rs.select_ratio * rs.region_frac**2, 4),
+        "default_rule": {"selection": rs.selection, "window": rs.window},
         "recipe": {k: v for k, v in plan.recipe.__dict__.items()},
         "base": base_scores,
         "rows": by_row,
