@@ -152,6 +152,34 @@ def test_rows_in_worker_processes_give_the_same_figures(tmp_path: Path) -> None:
     assert one["base"] == two["base"]
 
 
+def test_runs_of_one_plan_merge_into_the_run_of_all_their_rows(tmp_path: Path) -> None:
+    """Rows share only the plan: the rows of two runs merge into the figures of one run."""
+    ckpt, settings, parser = _tiny_bench(tmp_path)
+    common = ["--round-frames", "8", "--stride", "3", "--eval-frames", "3", "--rounds", "2",
+              "--checkpoint", str(ckpt), "--threads", "1", "--jobs", "1", "--replay-frames", "4",
+              "--iter-floor", "2", "--iter-per-frame", "1", "--iter-cap", "3",
+              "--plot", str(tmp_path / "chart.png"), "--seed", "9"]  # fmt: skip
+    whole = adaptation.run(parser.parse_args([*common, "--rows", "base,default,full"]), settings)
+    paths = []
+    for rows in ("base,default", "base,full"):
+        part = adaptation.run(parser.parse_args([*common, "--rows", rows]), settings)
+        paths.append(tmp_path / f"{rows}.json")
+        paths[-1].write_text(json.dumps(part))
+    chart = tmp_path / "merged.png"
+    merged = adaptation.run(
+        parser.parse_args(["--merge", *map(str, paths), "--plot", str(chart)]), settings
+    )
+    assert merged["merged"] == 2 and set(merged["rows"]) == {"default", "full"}
+    for key in ("miou_ratio_round1", "gain_share_round2", "urban_drop_max"):
+        assert merged[key] == whole[key], key
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="more than one run"):
+        adaptation.merge([json.loads(paths[0].read_text())] * 2)
+    other = json.loads(paths[1].read_text()) | {"train_seed": 99}
+    with pytest.raises(SystemExit, match="different plans"):
+        adaptation.merge([json.loads(paths[0].read_text()), other])
+
+
 def test_error_map_marks_wrong_pixels_and_ignores_unlabelled() -> None:
     prediction = np.array([[0, 1], [2, 3]])
     label = np.zeros((4, 4), dtype=np.uint8)  # class 0 everywhere but one unlabelled quarter

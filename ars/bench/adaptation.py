@@ -96,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="JSON",
         help="no run: the mean and 95%% interval of the headline figures over these runs' JSON",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="no run: one run's JSON (and chart) from runs of one plan that ran other rows",
+    )
 
 
 @dataclass(frozen=True)
@@ -393,6 +399,38 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: What runs of one plan share; `merge` refuses runs that differ in any of them.
+_PLAN_KEYS = ("seed", "train_seed", "quick", "device", "version", "route", "recipe", "base")
+
+
+def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One run from runs of the same plan that ran other rows: rows share only the plan, so
+    the rows of several runs (machines, or a row added later) are the rows of one run. The
+    base model's scores must agree to the last digit, and no row may come twice."""
+    if not results:
+        raise SystemExit("--merge needs at least one JSON")
+    first = results[0]
+    out: dict[str, Any] = {k: first.get(k) for k in _PLAN_KEYS}
+    out["merged"] = len(results)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        differ = [k for k in _PLAN_KEYS if r.get(k) != first.get(k)]
+        if differ:
+            raise SystemExit(f"--merge: runs of different plans (they differ in {differ})")
+        for name, rounds in r["rows"].items():
+            if name in rows:
+                raise SystemExit(f"--merge: row {name!r} is in more than one run")
+            rows[name] = rounds
+            if name == "default" and "default_rule" in r:
+                out["default_rule"] = r["default_rule"]
+    out["rows"] = rows
+    out.update(summary(rows, first["base"]))
+    out["timing"] = {
+        "cpu_seconds": round(sum(r.get("timing", {}).get("cpu_seconds") or 0 for r in results), 1)
+    }
+    return out
+
+
 def plot(
     rows: dict[str, list[dict[str, Any]]], base: dict[str, Any], path: Path, title: str
 ) -> None:
@@ -615,6 +653,20 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         import json
 
         return aggregate([json.loads(Path(p).read_text()) for p in args.aggregate])
+    if args.merge:
+        import json
+
+        merged = merge([json.loads(Path(p).read_text()) for p in args.merge])
+        if args.plot:
+            route = merged["route"]
+            title = (
+                f"adaptation: route seed {merged['seed']}, {route['rounds']} rounds x "
+                f"{route['frames_per_round']} frames, next = the {route['eval_frames']} "
+                "frames ahead"
+            )
+            plot(merged["rows"], merged["base"], Path(args.plot), title)
+            merged["plot"] = str(args.plot)
+        return merged
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
     preset = QUICK if args.quick else FULL
