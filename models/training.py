@@ -198,6 +198,9 @@ def finetune(
     cancelled = False
     model.train()
     _freeze_bn(model)
+    # channels-last convolutions: 0.52-0.61 s an iteration on one CPU thread against 0.73
+    # (batch 4 at 240x320, 7 frozen blocks); the model goes back to the usual layout after
+    model.to(memory_format=torch.channels_last)
     try:
         for i in range(iterations):
             if should_stop is not None and should_stop():
@@ -235,6 +238,7 @@ def finetune(
     finally:
         model.eval()
         model.requires_grad_(True)
+        model.to(memory_format=torch.contiguous_format)
     seconds = time.monotonic() - start
     logger.info(
         "finetune: %d/%d iterations in %.1f s (cancelled=%s)",

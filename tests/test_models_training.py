@@ -222,3 +222,11 @@ def test_finetune_with_shared_loss_learns_from_regions_beside_replay() -> None:
     assert result.iterations_done == 30 and all(np.isfinite(result.losses))
     assert np.mean(result.losses[-5:]) < 0.5 * np.mean(result.losses[:5])
     assert evaluate(model, _colour_samples(6, seed=9)) > 0.8
+
+
+def test_finetune_trains_channels_last_and_leaves_the_usual_layout() -> None:
+    """Inference, ONNX export and checkpoints see contiguous weights after a fine-tune."""
+    model = build_model("tiny")
+    finetune(model, _colour_samples(4, 0), [], iterations=2, size=(32, 48))
+    convs = [p for p in model.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous() for p in convs)
