@@ -103,7 +103,9 @@ class RobotSettings(_Section):
     preview_quality: int = Field(80, ge=10, le=100)
     select_ratio: float = Field(0.2, gt=0, le=1)
     selection: Literal["top", "diverse", "stratified"] = Field(
-        "diverse",  # level with "top" with the stable recipe (-0.008..+0.009), covers more road
+        # adaptation bench, quick, route seeds 1-4: next mIoU -0.008, +0.015, -0.009, +0.002
+        # against random frames; "diverse" -0.006, +0.003, +0.001, -0.042 (docs/adaptation.md)
+        "stratified",
         description="top: the paper's top frames; diverse: the hardest, spread along the "
         "route; stratified: the hardest of each equal stretch of the route",
     )
