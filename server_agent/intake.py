@@ -5,7 +5,7 @@ topic, PNG decode with a pixel limit, crop and mask sizes equal to the box, mask
 stored under ``regions/<robot>/<region_id>/``. A region id already stored is acknowledged again
 without touching it, so QoS 1 redelivery is harmless. The manifest closing a transfer is
 answered with ``RegionsAck``: the manifest's ids now stored, and the refused ones with reasons.
-Region files are not fsynced one by one (3.6 ms each, two a region: the intake's ceiling was
+Region files are not fsynced one by one (3.6 ms each, two a region, would cap the intake at
 ~110 regions/s); one ``syncfs`` before the ack makes the whole transfer durable.
 """
 

@@ -125,15 +125,24 @@ def test_spread_windows_use_the_grid_evenly_and_the_hardest_free_cell() -> None:
         assert (bw, bh) == (320, 240) and 0 <= bx <= 320 and 0 <= by <= 240
 
 
-def test_robot_diverse_rule_spreads_over_the_route() -> None:
-    # 50 frames in processing order; the hardest ten are all in frames 10-19
+def _hard_stretch_scores() -> list[float]:
+    """50 frames in processing order; the hardest ten are all in frames 10-19."""
     scores = [0.1] * 50
     for i in range(10, 20):
         scores[i] = 1.0 + i / 100
-    cands = [
+    return scores
+
+
+def _candidates(scores: list[float]) -> list[Candidate]:
+    """One candidate per score, frame i processed at ts i."""
+    return [
         Candidate(f"r{i}", f"f{i}", s, 0.5, 0.5, (0, 0, 2, 2), (4, 4), "v", float(i))
         for i, s in enumerate(scores)
     ]
+
+
+def test_robot_diverse_rule_spreads_over_the_route() -> None:
+    cands = _candidates(_hard_stretch_scores())
     top = [int(c.frame_id[1:]) for c in select(cands, 0.2)]
     diverse = [int(c.frame_id[1:]) for c in select(cands, 0.2, "diverse")]
     assert len(top) == len(diverse) == 10
@@ -146,10 +155,7 @@ def test_robot_diverse_rule_spreads_over_the_route() -> None:
 
 
 def test_stratified_takes_the_hardest_of_each_equal_stretch() -> None:
-    # 50 frames, budget 10: stretches of 5; the hardest ten are all in frames 10-19
-    scores = [0.1] * 50
-    for i in range(10, 20):
-        scores[i] = 1.0 + i / 100
+    scores = _hard_stretch_scores()  # budget 10: stretches of 5
     scores[33] = 0.5  # the hardest of stretch 30-34
     picked = select_stratified(scores, 0.2)
     assert len(picked) == budget_count(0.2, 50) == 10
@@ -166,13 +172,7 @@ def test_stratified_takes_the_hardest_of_each_equal_stretch() -> None:
 
 
 def test_robot_stratified_rule_covers_the_route_in_processing_order() -> None:
-    scores = [0.1] * 50
-    for i in range(10, 20):
-        scores[i] = 1.0 + i / 100
-    cands = [
-        Candidate(f"r{i}", f"f{i}", s, 0.5, 0.5, (0, 0, 2, 2), (4, 4), "v", float(i))
-        for i, s in enumerate(scores)
-    ]
+    cands = _candidates(_hard_stretch_scores())
     shuffled = cands[::2] + cands[1::2]  # the store's order does not matter: ts does
     frames = [int(c.frame_id[1:]) for c in select(shuffled, 0.2, "stratified")]
     assert sorted(frames) == [0, 5, 14, 19, 20, 25, 30, 35, 40, 45]

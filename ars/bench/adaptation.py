@@ -431,10 +431,8 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def plot(
-    rows: dict[str, list[dict[str, Any]]], base: dict[str, Any], path: Path, title: str
-) -> None:
-    """Next mIoU per round per row, the base as a dashed line."""
+def plot(result: dict[str, Any], path: Path) -> None:
+    """A run's (or a merged run's) next mIoU per round per row, the base as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -449,7 +447,12 @@ def plot(
         "full": "#000000",
         "oracle": "#9467bd",
     }
-    start = float(base["next"]["miou"])
+    rows, route = result["rows"], result["route"]
+    title = (
+        f"adaptation: route seed {result['seed']}, {route['rounds']} rounds x "
+        f"{route['frames_per_round']} frames, next = the {route['eval_frames']} frames ahead"
+    )
+    start = float(result["base"]["next"]["miou"])
     for name, rounds in rows.items():
         xs = list(range(len(rounds) + 1))  # round 0: the base model every row starts from
         ys = [start, *(float(r["next"]["miou"]) for r in rounds)]
@@ -658,13 +661,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
         merged = merge([json.loads(Path(p).read_text()) for p in args.merge])
         if args.plot:
-            route = merged["route"]
-            title = (
-                f"adaptation: route seed {merged['seed']}, {route['rounds']} rounds x "
-                f"{route['frames_per_round']} frames, next = the {route['eval_frames']} "
-                "frames ahead"
-            )
-            plot(merged["rows"], merged["base"], Path(args.plot), title)
+            plot(merged, Path(args.plot))
             merged["plot"] = str(args.plot)
         return merged
     start = time.perf_counter()
@@ -719,11 +716,8 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     bar.close()
     timing["rows"] = round(time.perf_counter() - t0, 1)
     timing["row_seconds"] = round(sum(i["seconds"] for rnds in by_row.values() for i in rnds), 1)
-    timing["cpu_seconds"] = round(
-        timing["base_cpu_seconds"]
-        + sum(i["cpu_seconds"] for rnds in by_row.values() for i in rnds),
-        1,
-    )
+    row_cpu = sum(i["cpu_seconds"] for rnds in by_row.values() for i in rnds)
+    timing["cpu_seconds"] = round(timing["base_cpu_seconds"] + row_cpu, 1)
 
     next_idx = plan.next_indices()
     result: dict[str, Any] = {
@@ -756,10 +750,6 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     result["seconds"] = round(time.perf_counter() - start, 1)
     path = Path(args.plot) if args.plot else settings.data_dir / f"adaptation-s{args.seed}.png"
     if by_row:
-        title = (
-            f"adaptation: route seed {plan.seed}, {plan.rounds} rounds x {plan.per_round} "
-            f"frames, next = the {plan.n_eval} frames ahead"
-        )
-        plot(by_row, base_scores, path, title)
+        plot(result, path)
         result["plot"] = str(path)
     return result

@@ -89,9 +89,14 @@ class PreviewWatcher:
                         self.arrivals.append((sent, (arrived - sent) * 1e3))
 
 
+def _read_only(db: Path) -> contextlib.closing[sqlite3.Connection]:
+    """The server's store, opened read-only beside the running server."""
+    return contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True))
+
+
 def server_regions(db: Path, since: float = 0.0, until: float = math.inf) -> int:
     """Regions the server's store received in [since, until] (wall clock)."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+    with _read_only(db) as con:
         (n,) = con.execute(
             "SELECT COUNT(*) FROM regions WHERE received >= ? AND received <= ?",
             (since, until if math.isfinite(until) else 1e18),
@@ -101,7 +106,7 @@ def server_regions(db: Path, since: float = 0.0, until: float = math.inf) -> int
 
 def server_region_ids(db: Path) -> set[str]:
     """Every region id in the server's store."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+    with _read_only(db) as con:
         return {str(rid) for (rid,) in con.execute("SELECT region_id FROM regions")}
 
 
