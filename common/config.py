@@ -187,8 +187,14 @@ class ServerSettings(_Section):
     threads: int = Field(2, ge=1, le=256)
     gate: bool = Field(True, description="refuse a candidate worse than the robot's model")
     gate_urban_drop: float = Field(
-        0.02, ge=0, le=1, description="old-domain mIoU a candidate may lose and still pass"
-    )
+        0.02, ge=0, le=1,
+        description="old-domain mIoU a candidate may lose against the base model and still pass",
+    )  # fmt: skip
+    urban_budget: float = Field(
+        0.01, ge=0, le=1,
+        description="old-domain mIoU a fine-tune may lose against the base model on the guard "
+        "frames before it is blended back toward the robot's model (1: no guard)",
+    )  # fmt: skip
     holdout_every: int = Field(
         5, ge=0, le=1000, description="hold 1 labeled region in N out of training (0: none)"
     )

@@ -44,8 +44,11 @@ def figures(
     return rows
 
 
-def headline(version: str, seconds: float, rows: list[dict[str, Any]]) -> str:
-    """'new model V in S s: held-out regions mIoU 0.495 -> 0.572 (8 labelled ...); ...'."""
+def headline(
+    version: str, seconds: float, rows: list[dict[str, Any]], blend: float | None = None
+) -> str:
+    """'new model V in S s: held-out regions mIoU 0.495 -> 0.572 (8 labelled ...); ...', and
+    what the forgetting guard kept of the fine-tune's change when it held some back."""
 
     def one(row: dict[str, Any], detail: bool) -> str:
         b = row["before"]
@@ -53,4 +56,6 @@ def headline(version: str, seconds: float, rows: list[dict[str, Any]]) -> str:
         return f"{text} ({row['evaluated_on']})" if detail else text
 
     parts = [one(row, i == 0) for i, row in enumerate(rows)]
+    if blend is not None and blend < 1.0:
+        parts.append(f"forgetting guard: kept {blend:.0%} of the fine-tune's change (urban budget)")
     return f"new model {version} in {seconds:.0f} s: " + "; ".join(parts)

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
 from common.config import ServerSettings
 from common.errors import CommandRejected, ModelError
 from common.hashing import sha256_file
 from common.samples import LabeledSample
 from common.schemas import Command, FinetuneStatus, new_id
-from models.adaptation import IterationRule
+from models.adaptation import IterationRule, bound_forgetting, snapshot
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
 from models.data import SampleSets
 from models.network import SegNet, resolve_device
@@ -119,6 +120,7 @@ class FinetuneRunner:
         self._jobs: dict[str, _Job] = {}
         self._cache: dict[tuple[str, int, tuple[int, int]], list[LabeledSample]] = {}
         self._cache_lock = threading.Lock()
+        self._anchor: float | None = None  # the base model's urban mIoU on the guard frames
 
     @property
     def iteration_rule(self) -> IterationRule:
@@ -288,7 +290,7 @@ class FinetuneRunner:
         await self.outbox.done(
             command,
             rid,
-            headline(str(outcome.version), outcome.seconds, rows),
+            headline(str(outcome.version), outcome.seconds, rows, after.get("blend")),
             job_id=job.job_id,
             version=outcome.version,
             metrics_before=before,
@@ -353,6 +355,35 @@ class FinetuneRunner:
             out["miou_heldout"] = round(evaluate(model, held), 6)
         return out
 
+    def _anchor_urban(self) -> float:
+        """The base checkpoint's old-domain mIoU on the guard frames (the gate's urban set):
+        what the forgetting budget is counted from, over every round of every robot."""
+        with self._cache_lock:
+            hit = self._anchor
+        if hit is None:
+            base, _ = load_checkpoint(self.base_checkpoint)
+            base.to(resolve_device(self.settings.device))
+            hit = evaluate(base, self._cached("urban", self.settings.eval_frames))
+            with self._cache_lock:
+                self._anchor = hit
+        return hit
+
+    def _guard(self, model: SegNet, running: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The forgetting guard (``models.adaptation.bound_forgetting``): the share of the
+        fine-tune's change kept and the base model's urban mIoU it was held to."""
+        budget = self.settings.urban_budget
+        if budget >= 1.0:
+            return {}
+        urban = self._cached("urban", self.settings.eval_frames)
+        anchor = self._anchor_urban()
+        result = bound_forgetting(model, running, lambda m: evaluate(m, urban), anchor, budget)
+        if result.blend < 1.0:
+            logger.info(
+                "forgetting guard: kept %.2f of the change (urban %.4f, base %.4f, budget %.3f)",
+                result.blend, result.old_miou, anchor, budget,
+            )  # fmt: skip
+        return {"urban_base": round(anchor, 6), "blend": result.blend}
+
     def _check(self, job: _Job) -> None:
         if job.cancel.is_set():
             raise _Cancelled
@@ -370,6 +401,7 @@ class FinetuneRunner:
             replay = self._cached("replay", self.settings.replay_frames)
             self._check(job)
             before = self._metrics(model, labeled, held)
+            running = snapshot(model)  # the robot's model, to blend back toward
             self._check(job)
             result = finetune(
                 model,
@@ -383,7 +415,8 @@ class FinetuneRunner:
             )
             if result.cancelled:
                 raise _Cancelled
-            after = self._metrics(model, labeled, held)
+            guard = self._guard(model, running)
+            after = self._metrics(model, labeled, held) | guard
             self._check(job)
             version = self._next_version(rid)
             path = self.store.model_path(version)

@@ -5,7 +5,10 @@ Both are measured in the same fine-tune job on the same data (``VersionRow.metri
 
 - ``miou_heldout``: labeled regions held out of training (``is_held_out``), the new domain;
 - ``miou_urban``: old-domain frames, the forgetting check, with a tolerance
-  (``server.gate_urban_drop``), since a small old-domain cost is the price of adapting.
+  (``server.gate_urban_drop``), since a small old-domain cost is the price of adapting. The
+  tolerance is counted from the base model's figure on the same frames (``urban_base``, which
+  the job's forgetting guard records), so it is one budget for every round together, not one
+  per round that adds up; a candidate without it is held to the running model's figure.
 
 When a job had too few regions to hold any out, ``miou_rural`` (the simulator's held-out rural
 frames) stands in for the new domain. Pure functions: the publisher sends the verdict as an event.
@@ -50,9 +53,13 @@ def judge(candidate: dict[str, float], current: dict[str, float], urban_drop: fl
         reasons.append(f"{label} mIoU {cand:.4f}, below the running model's {cur:.4f}")
     cand_u, cur_u = candidate.get("miou_urban"), current.get("miou_urban")
     figures["candidate_miou_urban"], figures["current_miou_urban"] = cand_u, cur_u
-    if cand_u is not None and cur_u is not None and cand_u < cur_u - urban_drop:
+    ref_u, whose = cur_u, "running"
+    if candidate.get("urban_base") is not None:
+        ref_u, whose = candidate["urban_base"], "base"
+        figures["base_miou_urban"] = ref_u
+    if cand_u is not None and ref_u is not None and cand_u < ref_u - urban_drop:
         reasons.append(
-            f"urban mIoU {cand_u:.4f}, more than {urban_drop:.2f} below the running "
-            f"model's {cur_u:.4f}"
+            f"urban mIoU {cand_u:.4f}, more than {urban_drop:.2f} below the {whose} "
+            f"model's {ref_u:.4f}"
         )
     return GateVerdict(figures, reasons)

@@ -15,7 +15,15 @@ from torch import nn
 from ars.bench import adaptation
 from common.config import Settings
 from common.samples import LabeledSample
-from models.adaptation import IterationRule, labeled_frames, pseudo_labels, reestimate_batchnorm
+from models.adaptation import (
+    IterationRule,
+    blend_into,
+    bound_forgetting,
+    labeled_frames,
+    pseudo_labels,
+    reestimate_batchnorm,
+    snapshot,
+)
 from models.checkpoint import save_checkpoint
 from models.metrics import scores
 from models.network import build_model
@@ -71,6 +79,50 @@ def test_pseudo_labels_keep_only_confident_pixels() -> None:
         model, [], [], iterations=2, lr=0.01, frozen_blocks=0, size=(30, 40), pseudo=everything
     )
     assert any(not torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+def _two_models() -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A tiny net and two different states of it (the robot's model and a fine-tune's)."""
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    before = snapshot(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    return model, before, snapshot(model)
+
+
+def test_blend_is_the_straight_line_between_the_two_models() -> None:
+    model, before, after = _two_models()
+    blend_into(model, before, after, 0.25)
+    now = model.state_dict()
+    for k, v in after.items():
+        if v.is_floating_point():
+            assert torch.allclose(now[k], before[k] + 0.25 * (v - before[k]))
+        else:
+            assert torch.equal(now[k], v)  # batch counters are not blended
+
+
+def test_forgetting_guard_keeps_a_fine_tune_within_budget_and_no_more_blended_than_needed() -> None:
+    model, before, after = _two_models()
+    weight = "classifier.low_classifier.weight"
+    start, moved = before[weight], after[weight]
+
+    def old_miou(m: nn.Module) -> float:
+        """A stand-in old-domain score that falls along the line from `before` to `after`:
+        0.70 at the robot's model, 0.66 at the fine-tune (the guard only sees numbers)."""
+        share = float((m.state_dict()[weight] - start).mean() / (moved - start).mean())
+        return 0.70 - 0.04 * share
+
+    within = bound_forgetting(model, before, old_miou, anchor=0.70, budget=0.05)
+    assert within.blend == 1.0 and within.tried == 1  # within budget: untouched
+    assert torch.equal(model.state_dict()[weight], moved)
+    halfway = bound_forgetting(model, before, old_miou, anchor=0.70, budget=0.02)
+    assert halfway.blend == 0.5 and halfway.old_miou == pytest.approx(0.68)  # 0.75 lost 0.03
+    assert torch.allclose(model.state_dict()[weight], (start + moved) / 2)
+    model.load_state_dict(after)
+    spent = bound_forgetting(model, before, old_miou, anchor=0.75, budget=0.01)
+    assert spent.blend == 0.0 and torch.equal(model.state_dict()[weight], start)  # nothing fits
 
 
 def test_scores_count_only_classes_in_the_ground_truth() -> None:

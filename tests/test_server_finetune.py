@@ -88,8 +88,13 @@ async def test_finetune_rejects_then_trains_and_registers_a_version(
         assert set(last) >= {"robot_id", "iteration", "loss", "percent", "eta_s", "lr", "elapsed_s"}
         data = done.data
         assert len(data["losses"]) == 4 and all(loss > 0 for loss in data["losses"])
+        measured = {"miou_rural", "miou_urban", "miou_regions"}
+        assert set(data["metrics_before"]) == measured
+        # after: also the forgetting guard's anchor (the base model's urban mIoU on the same
+        # frames; the job's parent is the base here) and the share of the change it kept
+        assert set(data["metrics_after"]) == measured | {"urban_base", "blend"}
+        assert data["metrics_after"]["urban_base"] == data["metrics_before"]["miou_urban"]
         for metrics in (data["metrics_before"], data["metrics_after"]):
-            assert set(metrics) == {"miou_rural", "miou_urban", "miou_regions"}
             assert all(0.0 <= v <= 1.0 for v in metrics.values())
         version = data["version"]
         assert version == f"{RID}-v1"
@@ -109,7 +114,7 @@ async def test_finetune_rejects_then_trains_and_registers_a_version(
         # each figure names what it is measured on; the message leads with the best answer to
         # "how much better where the robot drives" (here: the labelled regions, none held out)
         figures = {f["key"]: f for f in data["figures"]}
-        assert set(figures) == set(data["metrics_after"])
+        assert set(figures) == measured
         assert figures["miou_regions"]["evaluated_on"] == (
             "all 3 labelled regions of this robot, trained on"
         )

@@ -36,3 +36,16 @@ def test_without_held_out_regions_rural_frames_decide() -> None:
     v = judge({"miou_rural": 0.2, "miou_urban": 0.5}, {"miou_rural": 0.35, "miou_urban": 0.5}, 0.02)
     assert v.worse and v.figures["candidate_miou_rural"] == 0.2
     assert not judge({"miou_rural": 0.4}, {"miou_rural": 0.35}, 0.02).worse
+
+
+def test_urban_tolerance_counts_from_the_base_model_when_the_job_recorded_it() -> None:
+    """Rounds that each lose a little must not add up past the budget: with ``urban_base``
+    the tolerance is counted from the base model, not from the running one."""
+    current = {"miou_heldout": 0.40, "miou_urban": 0.685}  # already 0.015 below the base
+    candidate = {"miou_heldout": 0.50, "miou_urban": 0.675, "urban_base": 0.70}
+    assert not judge(candidate | {"urban_base": None}, current, 0.02).worse  # per round: passes
+    v = judge(candidate, current, 0.02)
+    assert v.worse and v.reasons == [
+        "urban mIoU 0.6750, more than 0.02 below the base model's 0.7000"
+    ]
+    assert v.figures["base_miou_urban"] == 0.70

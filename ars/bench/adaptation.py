@@ -87,6 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shared-loss", action=argparse.BooleanOptionalAction, default=None,
         help="new-domain and replay samples each take their share of the loss",
     )  # fmt: skip
+    parser.add_argument(
+        "--urban-budget", type=float, default=None,
+        help="forgetting guard: urban mIoU a row may lose against the base (1: no guard)",
+    )  # fmt: skip
     parser.add_argument("--iter-per-frame", type=float, default=None)
     parser.add_argument("--iter-floor", type=int, default=None)
     parser.add_argument("--iter-cap", type=int, default=None)
@@ -116,6 +120,8 @@ class Recipe:
     bn_frames: int  # new-domain frames BN statistics are re-estimated on (0: never)
     pseudo_threshold: float  # softmax confidence of a pseudo-label (0: none)
     shared_loss: bool  # new-domain and replay samples each take their share of the loss
+    urban_budget: float  # old-domain mIoU a round may lose against the base (1: no guard)
+    guard_frames: int  # the guard's urban frames (the server's gate set)
     per_frame: float
     floor: int
     cap: int
@@ -131,6 +137,8 @@ class Row:
     labeled: list[LabeledSample] = field(default_factory=list)
     spreader: GridSpreader | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    guard: list[LabeledSample] = field(default_factory=list)  # the server's urban gate frames
+    anchor: float = 0.0  # the base model's urban mIoU on them
 
 
 def _recipe(args: argparse.Namespace, settings: Settings) -> Recipe:
@@ -148,6 +156,8 @@ def _recipe(args: argparse.Namespace, settings: Settings) -> Recipe:
         bn_frames=pick(args.bn_frames, ss.adapt_bn_frames),
         pseudo_threshold=pick(args.pseudo_threshold, ss.pseudo_threshold),
         shared_loss=pick(args.shared_loss, ss.shared_loss),
+        urban_budget=pick(args.urban_budget, ss.urban_budget),
+        guard_frames=ss.eval_frames,
         per_frame=pick(args.iter_per_frame, ss.iterations_per_frame),
         floor=pick(args.iter_floor, ss.iterations),
         cap=pick(args.iter_cap, ss.iterations_cap),
@@ -291,13 +301,16 @@ def _adapt_and_train(
     pseudo-labels on the frames nobody labeled, then the fine-tune by the iteration rule."""
     from models.adaptation import (
         IterationRule,
+        bound_forgetting,
         labeled_frames,
         pseudo_labels,
         reestimate_batchnorm,
+        snapshot,
     )
-    from models.training import finetune
+    from models.training import evaluate, finetune
 
     out: dict[str, Any] = {}
+    running = snapshot(row.model)  # the robot's model, for the forgetting guard
     if recipe.bn_frames > 0:
         recent = list(new_frames)[-recipe.bn_frames :]
         reestimate_batchnorm(row.model, recent, [s.image for s in replay], train_hw)
@@ -322,6 +335,12 @@ def _adapt_and_train(
             pseudo=pseudo,
             shared_loss=recipe.shared_loss,
         )
+    if recipe.urban_budget < 1.0 and row.guard and (iterations or recipe.bn_frames > 0):
+        guard = bound_forgetting(
+            row.model, running, lambda m: evaluate(m, row.guard), row.anchor, recipe.urban_budget
+        )
+        out["blend"] = guard.blend
+        out["guard_urban"] = round(guard.old_miou, 4)
     out["iterations"] = iterations
     out["labeled_frames"] = round(frames_eq, 3)
     out["pseudo_frames"] = len(pseudo)
@@ -551,6 +570,12 @@ def run_row(name: str, plan: Plan, progress: Progress | None = None) -> list[dic
     replay = source_replay_set(recipe.replay_frames, 0, train_hw) if recipe.replay_frames else []
     model, _ = plan.base_model()
     row = Row(name, model)
+    if plan.recipe.urban_budget < 1.0:
+        from models.training import evaluate
+        from simulator.sets import SimulatorSets
+
+        row.guard = SimulatorSets().heldout("urban", plan.recipe.guard_frames, train_hw)
+        row.anchor = evaluate(model, row.guard)
     if name == "default" and rs.window == "spread":
         row.spreader = GridSpreader()  # one for the stream, as on the robot
     rng = np.random.default_rng(plan.seed)
@@ -686,6 +711,11 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         threads=args.threads,
         settings=settings,
     )
+    if plan.recipe.urban_budget < 1.0 and plan.seed % 1000 == 0:
+        raise SystemExit(
+            f"route seed {plan.seed}: its urban evaluation frames would include the forgetting "
+            "guard's (the server's seed-0 set); pick a seed that is not a multiple of 1000"
+        )
     names = [n for n in wanted if n != "base"]
     jobs = args.jobs or default_jobs(len(names), plan.threads, plan.device)
     timing: dict[str, float] = {}

@@ -57,8 +57,10 @@ SERVER: dict[str, Any] = {
     "model_dtype": "fp16",
     "device": "cpu",
     # the tiny net's urban mIoU on 8 frames at 128x96 moves by a few points from run to run; the
-    # gate's own rules are tested in test_server_gate.py, here it must not decide the loop
+    # gate's and the forgetting guard's own rules are tested in test_server_gate.py and
+    # test_adaptation.py, here they must not decide the loop
     "gate_urban_drop": 0.1,
+    "urban_budget": 0.1,
 }
 ROBOT: dict[str, Any] = {
     "id": RID,
@@ -178,7 +180,7 @@ def agent_env() -> dict[str, str]:
     """The server fields without a flag, as ``ARS_*`` variables (shared by both agents)."""
     env = {f"ARS_SERVER__{k.upper()}": str(SERVER[k]) for k in
            ("lr", "batch_size", "train_width", "train_height", "chunk_size", "model_dtype",
-            "device", "gate_urban_drop")}  # fmt: skip
+            "device", "gate_urban_drop", "urban_budget")}  # fmt: skip
     env["ARS_SERVER__RESEND_TIMEOUT_S"] = str(RESEND_TIMEOUT_S)
     return env
 
