@@ -166,6 +166,9 @@ def test_round_loop_on_a_tiny_model(tmp_path: Path) -> None:
         assert len(rounds) == 2
         for r, info in enumerate(rounds, start=1):
             assert set(info) >= {"next", "other", "urban", "iterations", "labeled_frames"}
+            # every fine-tune passed the forgetting guard: the share of its change it kept
+            assert info["blend"] in (1.0, 0.75, 0.5, 0.25, 0.0)
+            assert 0.0 <= info["guard_urban"] <= 1.0
             for key in ("next", "other", "urban"):
                 assert 0.0 <= info[key]["miou"] <= 1.0 and 0.0 <= info[key]["pixel_acc"] <= 1.0
             if name == "full":  # every driven frame labeled: 10 a round
@@ -183,6 +186,9 @@ def test_round_loop_on_a_tiny_model(tmp_path: Path) -> None:
         assert key in out
     assert len(out["default_minus_random_rounds"]) == 2
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    args.seed = 2000  # its urban evaluation frames would include the guard's
+    with pytest.raises(SystemExit, match="forgetting guard"):
+        adaptation.run(args, settings)
 
 
 def test_rows_in_worker_processes_give_the_same_figures(tmp_path: Path) -> None:

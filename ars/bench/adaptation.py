@@ -20,7 +20,9 @@ the current model's true errors: a ceiling for any error score).
 
 Every row fine-tunes with the same recipe and the same iteration rule
 (``models.adaptation.IterationRule``: iterations grow with the labeled pixels, with a floor and a
-cap), so ``full`` is a converged ceiling rather than a 100-iteration snapshot.
+cap), so ``full`` is a converged ceiling rather than a 100-iteration snapshot, and every row's
+fine-tunes pass the server's forgetting guard (``models.adaptation.bound_forgetting``, on the
+server's urban gate frames, never the ``urban`` evaluation set).
 """
 
 from __future__ import annotations
