@@ -171,9 +171,10 @@ def bound_forgetting(
 
     Why anchored at the shipped model: a guard against the running model alone lets a tolerance
     per round add up, and a drive that pulls the model hard (route seed 5) spent 0.023 of urban
-    mIoU in one round. Blending, not refusing: the weights between the two models keep most of
-    the new domain's gain at a fraction of the old domain's loss (interpolation, as in WiSE-FT,
-    Wortsman et al. 2022). Share 0 is the robot's model itself, within budget by induction.
+    mIoU in one round. Blending, not refusing: weights between the two models can keep part of
+    the new domain's gain at a smaller old-domain loss (interpolation, as in WiSE-FT, Wortsman
+    et al. 2022; ``docs/adaptation.md`` measures what it costs). Share 0 is the robot's model
+    itself, within budget by induction.
     """
     after = snapshot(model)
     tried = 0
