@@ -342,13 +342,20 @@ class FinetuneRunner:
         )
 
     def _metrics(
-        self, model: SegNet, regions: Sequence[LabeledSample], held: Sequence[LabeledSample]
+        self,
+        model: SegNet,
+        regions: Sequence[LabeledSample],
+        held: Sequence[LabeledSample],
+        urban: float | None = None,
     ) -> dict[str, float]:
-        """New domain (rural frames, all labeled regions, held-out ones) and old domain."""
+        """New domain (rural frames, all labeled regions, held-out ones) and old domain
+        (`urban`, when the forgetting guard has just measured it on the same frames)."""
         n = self.settings.eval_frames
+        if urban is None:
+            urban = evaluate(model, self._cached("urban", n))
         out = {
             "miou_rural": round(evaluate(model, self._cached("rural", n)), 6),
-            "miou_urban": round(evaluate(model, self._cached("urban", n)), 6),
+            "miou_urban": round(urban, 6),
             "miou_regions": round(evaluate(model, regions), 6),
         }
         if held:
@@ -368,12 +375,15 @@ class FinetuneRunner:
                 self._anchor = hit
         return hit
 
-    def _guard(self, model: SegNet, running: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _guard(
+        self, model: SegNet, running: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, float], float | None]:
         """The forgetting guard (``models.adaptation.bound_forgetting``): the share of the
-        fine-tune's change kept and the base model's urban mIoU it was held to."""
+        fine-tune's change kept and the base model's urban mIoU it was held to, and the
+        candidate's own urban mIoU (None when the guard is off)."""
         budget = self.settings.urban_budget
         if budget >= 1.0:
-            return {}
+            return {}, None
         urban = self._cached("urban", self.settings.eval_frames)
         anchor = self._anchor_urban()
         result = bound_forgetting(model, running, lambda m: evaluate(m, urban), anchor, budget)
@@ -382,7 +392,7 @@ class FinetuneRunner:
                 "forgetting guard: kept %.2f of the change (urban %.4f, base %.4f, budget %.3f)",
                 result.blend, result.old_miou, anchor, budget,
             )  # fmt: skip
-        return {"urban_base": round(anchor, 6), "blend": result.blend}
+        return {"urban_base": round(anchor, 6), "blend": result.blend}, result.old_miou
 
     def _check(self, job: _Job) -> None:
         if job.cancel.is_set():
@@ -415,8 +425,8 @@ class FinetuneRunner:
             )
             if result.cancelled:
                 raise _Cancelled
-            guard = self._guard(model, running)
-            after = self._metrics(model, labeled, held) | guard
+            guard, urban = self._guard(model, running)
+            after = self._metrics(model, labeled, held, urban) | guard
             self._check(job)
             version = self._next_version(rid)
             path = self.store.model_path(version)

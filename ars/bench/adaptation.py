@@ -337,7 +337,7 @@ def _adapt_and_train(
             pseudo=pseudo,
             shared_loss=recipe.shared_loss,
         )
-    if recipe.urban_budget < 1.0 and row.guard and (iterations or recipe.bn_frames > 0):
+    if row.guard and (iterations or recipe.bn_frames > 0):  # frames only when the guard is on
         guard = bound_forgetting(
             row.model, running, lambda m: evaluate(m, row.guard), row.anchor, recipe.urban_budget
         )
