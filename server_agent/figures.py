@@ -57,5 +57,6 @@ def headline(
 
     parts = [one(row, i == 0) for i, row in enumerate(rows)]
     if blend is not None and blend < 1.0:
-        parts.append(f"forgetting guard: kept {blend:.0%} of the fine-tune's change (urban budget)")
+        kept = f"{blend * 100:g} %"  # eighths: 87.5 %, not a rounded 88 %
+        parts.append(f"forgetting guard: kept {kept} of the fine-tune's change (urban budget)")
     return f"new model {version} in {seconds:.0f} s: " + "; ".join(parts)

@@ -389,7 +389,7 @@ class FinetuneRunner:
         result = bound_forgetting(model, running, lambda m: evaluate(m, urban), anchor, budget)
         if result.blend < 1.0:
             logger.info(
-                "forgetting guard: kept %.2f of the change (urban %.4f, base %.4f, budget %.3f)",
+                "forgetting guard: kept %.3f of the change (urban %.4f, base %.4f, budget %.3f)",
                 result.blend, result.old_miou, anchor, budget,
             )  # fmt: skip
         return {"urban_base": round(anchor, 6), "blend": result.blend}, result.old_miou

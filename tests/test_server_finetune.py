@@ -12,6 +12,7 @@ from ars.commands import annotate, send
 from common.config import Settings
 from models.checkpoint import load_checkpoint
 from server_agent.agent import ServerAgent
+from server_agent.figures import headline
 from server_agent.finetune import RESTART_REASON
 from server_agent.store import Store
 from simulator.sets import SimulatorSets
@@ -221,3 +222,10 @@ async def test_finetune_iterations_follow_the_labeled_pixels(
         assert accepted.data["iterations"] == expected
         done = await op.event(command.id, ("done", "failed"), timeout=120)
         assert done.kind == "done" and len(done.data["losses"]) == expected
+
+
+def test_headline_says_what_share_of_the_change_the_guard_kept() -> None:
+    rows = [{"name": "held-out regions", "before": 0.2, "after": 0.3, "evaluated_on": "8 regions"}]
+    assert "guard" not in headline("v2", 12.0, rows, blend=1.0)
+    assert "kept 87.5 % of the fine-tune's change" in headline("v2", 12.0, rows, blend=0.875)
+    assert "kept 0 % of" in headline("v2", 12.0, rows, blend=0.0)
