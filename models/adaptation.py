@@ -129,8 +129,8 @@ def pseudo_labels(
 
 _Net = TypeVar("_Net", bound=nn.Module)
 
-#: Halvings of the share of the fine-tune's change the guard searches: 3 find it to 1/8.
-BLEND_HALVINGS = 3
+#: Weights of the fine-tune's change the guard tries, largest first (0: the robot's model).
+BLEND_STEPS = (1.0, 0.75, 0.5, 0.25, 0.0)
 
 
 @dataclass(frozen=True)
@@ -167,39 +167,23 @@ def bound_forgetting(
 ) -> GuardResult:
     """Keep the fine-tuned `model` within `budget` old-domain mIoU of `anchor` (the shipped
     model's, on the guard's old-domain frames), blending it back toward `before` (the model the
-    robot ran) by the largest share of the fine-tune's change, to 1/2**BLEND_HALVINGS, that
-    stays within budget.
+    robot ran) in BLEND_STEPS until it does.
 
     Why anchored at the shipped model: a guard against the running model alone lets a tolerance
     per round add up, and a drive that pulls the model hard (route seed 5) spent 0.023 of urban
     mIoU in one round. Blending, not refusing: weights between the two models can keep part of
     the new domain's gain at a smaller old-domain loss (interpolation, as in WiSE-FT, Wortsman
     et al. 2022; ``docs/adaptation.md`` measures what it costs). Share 0 is the robot's model
-    itself, within budget by induction. The share is found by halving (at most 1 + BLEND_HALVINGS
-    evaluations, and one more when nothing fits): the old-domain loss grows along the line
-    from `before` to `after` as a rule; where it does not, the share returned was still
-    measured within budget (or is 0).
+    itself, within budget by induction.
     """
     after = snapshot(model)
-    scores: dict[float, float] = {}
-
-    def within(share: float) -> bool:
+    tried = 0
+    score = float("nan")
+    for share in BLEND_STEPS:
         if share < 1.0:
             blend_into(model, before, after, share)
-        scores[share] = old_miou(model)
-        return scores[share] >= anchor - budget
-
-    if within(1.0):
-        return GuardResult(1.0, scores[1.0], 1)
-    kept, lost = 0.0, 1.0  # the largest share known within budget, the smallest known over
-    for _ in range(BLEND_HALVINGS):
-        middle = (kept + lost) / 2
-        if within(middle):
-            kept = middle
-        else:
-            lost = middle
-    if kept in scores:
-        blend_into(model, before, after, kept)
-    else:
-        within(kept)  # the robot's own model: nothing better to offer
-    return GuardResult(kept, scores[kept], len(scores))
+        score = old_miou(model)
+        tried += 1
+        if score >= anchor - budget:
+            return GuardResult(share, score, tried)
+    return GuardResult(0.0, score, tried)  # the robot's own model: nothing better to offer

@@ -57,6 +57,6 @@ def headline(
 
     parts = [one(row, i == 0) for i, row in enumerate(rows)]
     if blend is not None and blend < 1.0:
-        kept = f"{blend * 100:g} %"  # eighths: 87.5 %, not a rounded 88 %
+        kept = f"{blend * 100:g} %"  # the share as kept: 62.5 % is never shown as 62 %
         parts.append(f"forgetting guard: kept {kept} of the fine-tune's change (urban budget)")
     return f"new model {version} in {seconds:.0f} s: " + "; ".join(parts)

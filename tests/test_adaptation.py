@@ -16,7 +16,6 @@ from ars.bench import adaptation
 from common.config import Settings
 from common.samples import LabeledSample
 from models.adaptation import (
-    BLEND_HALVINGS,
     IterationRule,
     blend_into,
     bound_forgetting,
@@ -119,12 +118,8 @@ def test_forgetting_guard_keeps_a_fine_tune_within_budget_and_no_more_blended_th
     assert within.blend == 1.0 and within.tried == 1  # within budget: untouched
     assert torch.equal(model.state_dict()[weight], moved)
     halfway = bound_forgetting(model, before, old_miou, anchor=0.70, budget=0.02)
-    assert halfway.blend == 0.5 and halfway.old_miou == pytest.approx(0.68)  # 0.625 lost 0.025
+    assert halfway.blend == 0.5 and halfway.old_miou == pytest.approx(0.68)  # 0.75 lost 0.03
     assert torch.allclose(model.state_dict()[weight], (start + moved) / 2)
-    model.load_state_dict(after)
-    eighths = bound_forgetting(model, before, old_miou, anchor=0.70, budget=0.016)
-    assert eighths.blend == 0.375 and eighths.tried == 4  # 1, 0.5, 0.25, 0.375: halving
-    assert torch.allclose(model.state_dict()[weight], start + 0.375 * (moved - start))
     model.load_state_dict(after)
     spent = bound_forgetting(model, before, old_miou, anchor=0.75, budget=0.01)
     assert spent.blend == 0.0 and torch.equal(model.state_dict()[weight], start)  # nothing fits
@@ -172,7 +167,7 @@ def test_round_loop_on_a_tiny_model(tmp_path: Path) -> None:
         for r, info in enumerate(rounds, start=1):
             assert set(info) >= {"next", "other", "urban", "iterations", "labeled_frames"}
             # every fine-tune passed the forgetting guard: the share of its change it kept
-            assert info["blend"] * 2**BLEND_HALVINGS in range(2**BLEND_HALVINGS + 1)
+            assert info["blend"] in (1.0, 0.75, 0.5, 0.25, 0.0)
             assert 0.0 <= info["guard_urban"] <= 1.0
             for key in ("next", "other", "urban"):
                 assert 0.0 <= info[key]["miou"] <= 1.0 and 0.0 <= info[key]["pixel_acc"] <= 1.0
