@@ -220,19 +220,18 @@ def test_frames_rendered_once_are_the_frames_each_row_rendered(tmp_path: Path) -
         recipe=adaptation._recipe(args, settings), device="cpu", checkpoint=str(ckpt),
         threads=1, settings=settings,
     )  # fmt: skip
-    for jobs in (1, 2):
-        with adaptation.rendered_once(plan, jobs) as (rendered, cpu_seconds):
-            assert rendered.store is not None and cpu_seconds > 0
-            for r in range(plan.rounds):
-                for a, b in zip(rendered.round_frames(r), plan.round_frames(r), strict=True):
-                    assert (a.frame_id, a.domain) == (b.frame_id, b.domain)
-                    assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
-            fresh = plan.sets()
-            for name, samples in rendered.sets().items():
-                for got, want in zip(samples, fresh[name], strict=True):
-                    assert np.array_equal(got.image, want.image)
-                    assert np.array_equal(got.label, want.label)
-        assert not Path(rendered.store).exists()  # scratch: gone with the run
+    with adaptation.rendered_once(plan) as (rendered, cpu_seconds):
+        assert rendered.store is not None and cpu_seconds > 0
+        for r in range(plan.rounds):
+            for a, b in zip(rendered.round_frames(r), plan.round_frames(r), strict=True):
+                assert (a.frame_id, a.domain) == (b.frame_id, b.domain)
+                assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+        fresh = plan.sets()
+        for name, samples in rendered.sets().items():
+            for got, want in zip(samples, fresh[name], strict=True):
+                assert np.array_equal(got.image, want.image)
+                assert np.array_equal(got.label, want.label)
+    assert not Path(rendered.store).exists()  # scratch: gone with the run
 
 
 def test_runs_of_one_plan_merge_into_the_run_of_all_their_rows(tmp_path: Path) -> None:

@@ -692,48 +692,25 @@ def default_jobs(rows: int, threads: int, device: str) -> int:
     return max(1, min(rows, (os.cpu_count() or 1) // max(1, threads)))
 
 
-def _render_round(plan: Plan, r: int, folder: Path) -> float:
-    """Render and store round ``r``'s frames; the CPU seconds it took."""
-    from ars.bench.frame_store import save_frames
-
-    c0 = time.process_time()
-    save_frames(folder, plan.round_frames(r))
-    return time.process_time() - c0
-
-
 @contextlib.contextmanager
-def rendered_once(plan: Plan, jobs: int) -> Iterator[tuple[Plan, float]]:
+def rendered_once(plan: Plan) -> Iterator[tuple[Plan, float]]:
     """The plan, with every frame its rows share rendered once into a scratch folder that
     lives as long as the run, and the CPU seconds rendering took. Why: each row rendered its
     own route frames and evaluation sets, 10 CPU-seconds a row of a quick run (0.019 s a
-    route frame), about 2 % of a run of every row. The rounds' frames render in ``jobs``
-    processes while this one renders the evaluation sets."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
+    route frame), about 2 % of a run of every row."""
     import tempfile
 
-    from ars.bench.frame_store import save_samples
+    from ars.bench.frame_store import save_frames, save_samples
 
     with tempfile.TemporaryDirectory(prefix="ars-adaptation-") as tmp:
         root = Path(tmp)
         c0 = time.process_time()
-        if jobs > 1:
-            ctx = mp.get_context("spawn")
-            with cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-                futures = [
-                    pool.submit(_render_round, plan, r, root / f"round-{r}")
-                    for r in range(plan.rounds)
-                ]
-                sets = plan.render_sets()
-                workers = sum(f.result() for f in futures)
-        else:
-            workers = 0.0
-            for r in range(plan.rounds):
-                _render_round(plan, r, root / f"round-{r}")
-            sets = plan.render_sets()
+        for r in range(plan.rounds):
+            save_frames(root / f"round-{r}", plan.round_frames(r))
+        sets = plan.render_sets()
         for name in EVAL_SETS:
             save_samples(root / name, sets[name])
-        yield replace(plan, store=tmp), workers + time.process_time() - c0
+        yield replace(plan, store=tmp), time.process_time() - c0
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -781,7 +758,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         )
     names = [n for n in wanted if n != "base"]
     jobs = args.jobs or default_jobs(len(names), plan.threads, plan.device)
-    with rendered_once(plan, jobs) as (rendered, render_cpu):
+    with rendered_once(plan) as (rendered, render_cpu):
         timing = {"render": round(time.perf_counter() - start, 1)}
         timing["render_cpu_seconds"] = round(render_cpu, 1)
         return _run_plan(rendered, names, jobs, args, start, timing)
