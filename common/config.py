@@ -167,6 +167,11 @@ class ServerSettings(_Section):
         description="new-domain and replay samples each take their share of the loss, "
         "whatever their labelled pixels (else: summed over pixels)",
     )
+    distill_weight: float = Field(
+        1.0, ge=0, le=100,
+        description="weight of the replay frames' distillation to the base model's answers "
+        "(0: replay frames train on their labels alone)",
+    )  # fmt: skip
     lr: float = Field(5e-3, gt=0, le=1)  # tuned once on the former label-efficiency bench, seed 11
     batch_size: int = Field(4, ge=1, le=512)
     replay_share: float = Field(0.5, ge=0, lt=1)

@@ -120,6 +120,14 @@ def _shared_loss(
     return new_share * new + (1.0 - new_share) * old
 
 
+def _distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per pixel, averaged over pixels: how far the student's class
+    distribution has moved from the teacher's, on every pixel, labelled or not."""
+    log_p = F.log_softmax(student, dim=1)
+    q = F.softmax(teacher, dim=1)
+    return (q * (torch.log(q.clamp(min=1e-8)) - log_p)).sum(dim=1).mean()
+
+
 def _freeze_bn(model: nn.Module) -> None:
     """Keep BatchNorm statistics fixed: small, mostly-ignore batches would corrupt them."""
     for m in model.modules():
@@ -160,6 +168,8 @@ def finetune(
     pseudo: Sequence[LabeledSample] = (),
     pseudo_share: float = 0.5,
     shared_loss: bool = False,
+    teacher: SegNet | None = None,
+    distill_weight: float = 0.0,
 ) -> TrainResult:
     """Fine-tune `model` in place: SGD momentum 0.9, new regions mixed with replay.
 
@@ -178,6 +188,10 @@ def finetune(
     ``models.adaptation.pseudo_labels``), round(new slots * pseudo_share) of each batch's
     new-domain slots, at least one, draw from them instead; with no labelled samples at all
     every new-domain slot does (the label-free row).
+    With `teacher` (the shipped model) and `distill_weight` > 0, the replay samples' loss
+    gains ``distill_weight`` x KL(teacher || model) over all their pixels: the labels say what
+    the old domain *is*, the teacher what the robot used to *answer*, and holding the answers
+    is what keeps the old domain's mIoU (``models.adaptation.bound_forgetting``).
     Returns cancelled=True (no exception) when stopped.
     """
     if not samples and not pseudo:
@@ -192,6 +206,9 @@ def finetune(
         n_new -= n_pseudo
     params = trainable_parameters(model, frozen_blocks)
     device = next(model.parameters()).device  # CPU or CUDA: wherever the caller put the model
+    distill = teacher is not None and distill_weight > 0 and n_old > 0
+    if teacher is not None:
+        teacher.eval()
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
     losses: list[float] = []
     start = time.monotonic()
@@ -218,6 +235,12 @@ def finetune(
                 loss = _shared_loss(logits, target, n_new + n_pseudo, 1.0 - n_old / batch_size)
             else:
                 loss = _loss(logits, target, None)
+            if distill:
+                assert teacher is not None
+                with torch.no_grad():
+                    held = teacher(x[-n_old:].to(device))
+                kd = _distill_loss(logits[-n_old:], held)
+                loss = loss + distill_weight * (n_old / batch_size) * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)

@@ -93,6 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="new-domain and replay samples each take their share of the loss",
     )  # fmt: skip
     parser.add_argument(
+        "--distill", type=float, default=None,
+        help="weight of the replay frames' distillation to the base model (0: none)",
+    )  # fmt: skip
+    parser.add_argument(
         "--urban-budget", type=float, default=None,
         help="forgetting guard: urban mIoU a row may lose against the base (1: no guard)",
     )  # fmt: skip
@@ -125,6 +129,7 @@ class Recipe:
     bn_frames: int  # new-domain frames BN statistics are re-estimated on (0: never)
     pseudo_threshold: float  # softmax confidence of a pseudo-label (0: none)
     shared_loss: bool  # new-domain and replay samples each take their share of the loss
+    distill_weight: float  # replay frames held to the base model's answers (0: not)
     urban_budget: float  # old-domain mIoU a round may lose against the base (1: no guard)
     guard_frames: int  # the guard's urban frames (the server's gate set)
     per_frame: float
@@ -144,6 +149,7 @@ class Row:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     guard: list[LabeledSample] = field(default_factory=list)  # the server's urban gate frames
     anchor: float = 0.0  # the base model's urban mIoU on them
+    teacher: SegNet | None = None  # the base model, when the replay frames are distilled
 
 
 def _recipe(args: argparse.Namespace, settings: Settings) -> Recipe:
@@ -161,6 +167,7 @@ def _recipe(args: argparse.Namespace, settings: Settings) -> Recipe:
         bn_frames=pick(args.bn_frames, ss.adapt_bn_frames),
         pseudo_threshold=pick(args.pseudo_threshold, ss.pseudo_threshold),
         shared_loss=pick(args.shared_loss, ss.shared_loss),
+        distill_weight=pick(args.distill, ss.distill_weight),
         urban_budget=pick(args.urban_budget, ss.urban_budget),
         guard_frames=ss.eval_frames,
         per_frame=pick(args.iter_per_frame, ss.iterations_per_frame),
@@ -339,6 +346,8 @@ def _adapt_and_train(
             size=train_hw,
             pseudo=pseudo,
             shared_loss=recipe.shared_loss,
+            teacher=row.teacher,
+            distill_weight=recipe.distill_weight,
         )
     if row.guard and (iterations or recipe.bn_frames > 0):  # frames only when the guard is on
         guard = bound_forgetting(
@@ -599,6 +608,8 @@ def run_row(name: str, plan: Plan, progress: Progress | None = None) -> list[dic
 
         row.guard = SimulatorSets().heldout("urban", plan.recipe.guard_frames, train_hw)
         row.anchor = evaluate(model, row.guard)
+    if recipe.distill_weight > 0 and replay:
+        row.teacher, _ = plan.base_model()
     if name == "default" and rs.window == "spread":
         row.spreader = GridSpreader()  # one for the stream, as on the robot
     rng = np.random.default_rng(plan.seed)
