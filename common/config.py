@@ -225,6 +225,7 @@ class ServerSettings(_Section):
             "replay_share": self.replay_share,
             "frozen_blocks": self.frozen_blocks,
             "shared_loss": self.shared_loss,
+            "distill_weight": self.distill_weight,  # with the base model as `teacher`
         }
 
 

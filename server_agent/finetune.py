@@ -121,6 +121,7 @@ class FinetuneRunner:
         self._cache: dict[tuple[str, int, tuple[int, int]], list[LabeledSample]] = {}
         self._cache_lock = threading.Lock()
         self._anchor: float | None = None  # the base model's urban mIoU on the guard frames
+        self._base: SegNet | None = None  # the base model: the guard's anchor, the teacher
 
     @property
     def iteration_rule(self) -> IterationRule:
@@ -362,15 +363,25 @@ class FinetuneRunner:
             out["miou_heldout"] = round(evaluate(model, held), 6)
         return out
 
+    def _base_model(self) -> SegNet:
+        """The base checkpoint, loaded once and never trained: what the forgetting budget is
+        counted from, and the teacher the replay frames are distilled to."""
+        with self._cache_lock:
+            hit = self._base
+        if hit is None:
+            hit, _ = load_checkpoint(self.base_checkpoint)
+            hit.to(resolve_device(self.settings.device)).eval()
+            with self._cache_lock:
+                self._base = hit
+        return hit
+
     def _anchor_urban(self) -> float:
         """The base checkpoint's old-domain mIoU on the guard frames (the gate's urban set):
         what the forgetting budget is counted from, over every round of every robot."""
         with self._cache_lock:
             hit = self._anchor
         if hit is None:
-            base, _ = load_checkpoint(self.base_checkpoint)
-            base.to(resolve_device(self.settings.device))
-            hit = evaluate(base, self._cached("urban", self.settings.eval_frames))
+            hit = evaluate(self._base_model(), self._cached("urban", self.settings.eval_frames))
             with self._cache_lock:
                 self._anchor = hit
         return hit
@@ -412,6 +423,7 @@ class FinetuneRunner:
             self._check(job)
             before = self._metrics(model, labeled, held)
             running = snapshot(model)  # the robot's model, to blend back toward
+            teacher = self._base_model() if self.settings.distill_weight > 0 else None
             self._check(job)
             result = finetune(
                 model,
@@ -419,6 +431,7 @@ class FinetuneRunner:
                 replay,
                 iterations=job.iterations,
                 **self.settings.recipe(),
+                teacher=teacher,
                 size=self.train_hw,
                 progress=job.progress.update,
                 should_stop=job.cancel.is_set,

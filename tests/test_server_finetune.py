@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from ars.commands import annotate, send
 from common.config import Settings
@@ -111,6 +112,12 @@ async def test_finetune_rejects_then_trains_and_registers_a_version(
         assert info["metrics"] == pytest.approx(data["metrics_after"])
         assert server.store.job_state(data["job_id"]) == "done"
         assert server.finetune.status.state == "done"
+        # the replay frames were distilled to the base model (server.distill_weight), which
+        # the job left exactly as the checkpoint on disk
+        assert settings.server.distill_weight > 0
+        teacher, (shipped, _) = server.finetune._base_model(), load_checkpoint(base)
+        assert teacher.state_dict().keys() == shipped.state_dict().keys()
+        assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in teacher.state_dict().items())
 
         # each figure names what it is measured on; the message leads with the best answer to
         # "how much better where the robot drives" (here: the labelled regions, none held out)

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             replay,
             iterations=args.iterations,
             **ss.recipe(),
+            teacher=copy.deepcopy(base).to(device),  # as the server: the base is the teacher
             size=train_hw,
         )
         if device == "cuda":

@@ -81,7 +81,11 @@ def finetuned(base: Path, iterations: int, seed: int, tiny: bool) -> Any:
     size = (48, 64) if tiny else (96, 128)
     new = render_samples("rural", range(7000 + seed * 100, 7000 + seed * 100 + 12), size=size)
     replay = source_replay_set(8, seed=seed, size=size)
-    finetune(model, new, replay, iterations=iterations, **server.recipe(), seed=seed, size=size)
+    teacher, _ = load_checkpoint(base)  # as the server: the base is the teacher
+    finetune(
+        model, new, replay, iterations=iterations, **server.recipe(), teacher=teacher,
+        seed=seed, size=size,
+    )  # fmt: skip
     return model
 
 
