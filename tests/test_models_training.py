@@ -272,3 +272,30 @@ def test_distilling_the_replay_frames_holds_the_teachers_answers_on_them() -> No
         return float(np.mean(same))
 
     assert agreement(2.0) > agreement(0.0) + 0.1  # 0.39 against 0.17 here
+
+
+def test_replay_frames_carry_the_teachers_answers_through_their_flip() -> None:
+    """The teacher's answers are computed once per frame, and a drawn frame carries them,
+    flipped when the frame is: the network's own output, without a forward pass a step."""
+    import torch.nn.functional as F
+
+    from models.training import _Pool, _teacher_answers
+
+    torch.manual_seed(0)
+    teacher = build_model("tiny").eval()
+    samples = _colour_samples(3, seed=11)  # 32x48, the crop below: no crop, only flips
+    pool = _Pool(samples)
+    pool.answers = _teacher_answers(teacher, pool, torch.device("cpu"), batch=2)
+    with torch.no_grad():
+        full = [teacher(pool.normalised(s)[0][None])[0] for s in samples]
+    flips = set()
+    for img, lbl in pool.draw(12, np.random.default_rng(0), (32, 48), (1.0, 1.0)):
+        assert img.shape[0] == 3 + full[0].shape[0]
+        (i,) = [j for j, s in enumerate(samples) if
+                torch.equal(lbl, pool.normalised(s)[1]) or
+                torch.equal(lbl, pool.normalised(s)[1].flip(-1))]  # fmt: skip
+        flipped = not torch.equal(img[:3], pool.normalised(samples[i])[0])
+        want = full[i].flip(-1) if flipped else full[i]
+        assert F.mse_loss(img[3:], want) < 1e-10
+        flips.add(flipped)
+    assert flips == {True, False}
