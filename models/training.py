@@ -110,18 +110,20 @@ class _Pool:
 def _teacher_answers(
     teacher: SegNet, pool: _Pool, device: torch.device, batch: int = 8
 ) -> list[torch.Tensor]:
-    """The teacher's low-resolution logits for every sample of `pool`, computed once: the
-    same answers as a forward pass per drawn batch (the network's output is these, upsampled)
-    at a fraction of the cost (64 frames once against two a step for hundreds of steps)."""
+    """The teacher's low-resolution logits for every sample of `pool`, computed once per
+    fine-tune (64 replay frames, against two frames a step for hundreds of steps: a forward
+    pass a step cost 20-30 % more CPU a round). A drawn frame carries its whole-frame answers
+    cropped and flipped as it is, which is not quite the teacher's answer on the flipped frame
+    itself, and as good a target."""
     teacher.eval()
     out: list[torch.Tensor] = []
     with torch.no_grad():
         for start in range(0, len(pool.items), batch):
-            xs = [pool.normalised(pool.items[j])[0] for j in range(start, min(start + batch,
-                  len(pool.items)))]  # fmt: skip
+            stop = min(start + batch, len(pool.items))
+            xs = [pool.normalised(pool.items[j])[0] for j in range(start, stop)]
             if len({tuple(x.shape) for x in xs}) == 1:
                 out += list(teacher.forward_lowres(torch.stack(xs).to(device)).cpu())
-            else:
+            else:  # frames of different sizes: one at a time
                 out += [teacher.forward_lowres(x[None].to(device))[0].cpu() for x in xs]
     return out
 
