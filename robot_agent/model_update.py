@@ -320,8 +320,8 @@ class ModelUpdater:
                 return
             try:
                 await self._install(rx, path)
-            finally:
-                await asyncio.to_thread(rx.assembler.discard)  # moved into place, or refused
+            finally:  # removed before the outcome was sent; here too when _install raised
+                await asyncio.to_thread(rx.assembler.discard)
 
     async def _install(self, rx: _Receive, path: Path) -> None:
         offer = rx.offer
@@ -351,9 +351,11 @@ class ModelUpdater:
             model = await asyncio.to_thread(between, build_from, weights, meta, self.device, spare)
             del weights
         except DeltaError as exc:
+            await asyncio.to_thread(rx.assembler.discard)  # gone before the robot says so
             await self._need_full(offer, str(exc), "error")
             return
         except ModelError as exc:
+            await asyncio.to_thread(rx.assembler.discard)
             await self._refuse(offer, "rejected", str(exc))
             return
         new = LoadedModel(
@@ -368,8 +370,10 @@ class ModelUpdater:
             else:
                 new = await asyncio.to_thread(self.files.install, data, new, running)
         except (ArsError, RuntimeError, ValueError) as exc:
+            await asyncio.to_thread(rx.assembler.discard)
             await self._refuse(offer, "failed", str(exc))
             return
+        await asyncio.to_thread(rx.assembler.discard)  # a delta's bytes: installed as current.pt
         self._spare = self.slot.swap(new).model
         logger.info("robot %s: model %s active", self.robot_id, offer.version)
         await self._send(offer.version, "active", rx=rx)
