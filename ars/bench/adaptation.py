@@ -486,12 +486,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
         f"{route['frames_per_round']} frames, next = the {route['eval_frames']} frames ahead"
     )
     start = float(result["base"]["next"]["miou"])
+    ends: list[tuple[float, int, str]] = []  # (last next mIoU, last round, row)
     for name, rounds in rows.items():
         xs = list(range(len(rounds) + 1))  # round 0: the base model every row starts from
         ys = [start, *(float(r["next"]["miou"]) for r in rounds)]
         ax.plot(xs, ys, marker="o", label=name, color=colours.get(name))
-        ax.annotate(f"{ys[-1]:.3f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(6, -3),
-                    fontsize=7)  # fmt: skip
+        ends.append((ys[-1], xs[-1], name))
+    # each row's last figure beside its last point, in its colour, moved apart where rows end
+    # close together (one label over another reads as neither)
+    low, high = ax.get_ylim()
+    gap, placed = 0.045 * (high - low), -float("inf")
+    for y, x, name in sorted(ends):
+        placed = max(y, placed + gap)
+        ax.annotate(f"{y:.3f}", (x, y), xytext=(x + 0.06, placed), textcoords="data",
+                    va="center", fontsize=7, color=colours.get(name))  # fmt: skip
     ax.axhline(start, ls="--", color="#888888", label="base")
     ax.set_xlabel("round (5 % of the new frames' pixels labeled each round; full: 100 %)")
     ax.set_ylabel("next mIoU (route ahead)")
