@@ -319,11 +319,21 @@ class ModelUpdater:
                 await self._refuse(offer, "rejected", str(exc))
                 return
             try:
-                await self._install(rx, path)
+                was = await self._install(rx, path)
             finally:  # removed before the outcome was sent; here too when _install raised
                 await asyncio.to_thread(rx.assembler.discard)
+        if was is not None:
+            # said once the lock is free: an operator who reads "active" may roll back at once
+            # (a rollback while the lock is held is refused as "a model is being installed")
+            logger.info("robot %s: model %s active", self.robot_id, offer.version)
+            await self._send(offer.version, "active", rx=rx)
+            how = f", rebuilt from a {offer.bytes}-byte delta" if offer.is_delta else ""
+            await self._event("info", f"model {offer.version} active (was {was}{how})")
+            await self._changed()
 
-    async def _install(self, rx: _Receive, path: Path) -> None:
+    async def _install(self, rx: _Receive, path: Path) -> str | None:
+        """Build, check and swap in the received model; the version it replaced, or None when
+        it was refused (the refusal already sent)."""
         offer = rx.offer
         await self._send(offer.version, "verified", rx=rx)
         # each step that would stall a frame (GIL-bound reading, rebuilding and building, the
@@ -353,11 +363,11 @@ class ModelUpdater:
         except DeltaError as exc:
             await asyncio.to_thread(rx.assembler.discard)  # gone before the robot says so
             await self._need_full(offer, str(exc), "error")
-            return
+            return None
         except ModelError as exc:
             await asyncio.to_thread(rx.assembler.discard)
             await self._refuse(offer, "rejected", str(exc))
-            return
+            return None
         new = LoadedModel(
             model=model, meta=meta, sha256=offer.sha256 if data is None else sha256_bytes(data)
         )
@@ -372,14 +382,10 @@ class ModelUpdater:
         except (ArsError, RuntimeError, ValueError) as exc:
             await asyncio.to_thread(rx.assembler.discard)
             await self._refuse(offer, "failed", str(exc))
-            return
+            return None
         await asyncio.to_thread(rx.assembler.discard)  # a delta's bytes: installed as current.pt
         self._spare = self.slot.swap(new).model
-        logger.info("robot %s: model %s active", self.robot_id, offer.version)
-        await self._send(offer.version, "active", rx=rx)
-        how = f", rebuilt from a {offer.bytes}-byte delta" if offer.is_delta else ""
-        await self._event("info", f"model {offer.version} active (was {running.version}{how})")
-        await self._changed()
+        return running.version
 
     def _rebuild(
         self, offer: ModelOffer, path: Path, running: LoadedModel
