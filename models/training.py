@@ -111,10 +111,11 @@ def _teacher_answers(
     teacher: SegNet, pool: _Pool, device: torch.device, batch: int = 8
 ) -> list[torch.Tensor]:
     """The teacher's low-resolution logits for every sample of `pool`, computed once per
-    fine-tune (64 replay frames, against two frames a step for hundreds of steps: a forward
-    pass a step cost 20-30 % more CPU a round). A drawn frame carries its whole-frame answers
-    cropped and flipped as it is, which is not quite the teacher's answer on the flipped frame
-    itself, and as good a target."""
+    fine-tune (64 replay frames, against two frames a step for hundreds of steps: with a
+    forward pass a step distillation made a bench round about 25 % dearer, answering once
+    12-17 %; the rest is the loss at full resolution). A drawn frame carries its whole-frame
+    answers cropped and flipped as it is, which is not quite the teacher's answer on the
+    flipped frame itself, and as good a target."""
     teacher.eval()
     out: list[torch.Tensor] = []
     with torch.no_grad():
