@@ -184,7 +184,12 @@ def test_round_loop_on_a_tiny_model(tmp_path: Path) -> None:
     for key in ("gain_share_round1", "gain_share_round2", "miou_ratio_round1",
                 "default_minus_random", "urban_drop_max", "next_pixel_acc_last"):  # fmt: skip
         assert key in out
-    assert len(out["default_minus_random_rounds"]) == 2
+    for rule in ("default", "oracle"):  # the margin over random frames, round by round
+        margins = [
+            rows[rule][r]["next"]["miou"] - rows["random"][r]["next"]["miou"] for r in range(2)
+        ]
+        assert out[f"{rule}_minus_random_rounds"] == [round(m, 4) for m in margins]
+        assert out[f"{rule}_minus_random"] == round(sum(margins) / 2, 4)
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     args.seed = 2000  # its urban evaluation frames would include the guard's
     with pytest.raises(SystemExit, match="forgetting guard"):
