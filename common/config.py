@@ -176,8 +176,10 @@ class ServerSettings(_Section):
     batch_size: int = Field(4, ge=1, le=512)
     replay_share: float = Field(0.5, ge=0, lt=1)
     frozen_blocks: int = Field(
-        7, ge=0, le=1000, description="backbone blocks fine-tuning leaves fixed (stability)"
-    )
+        5, ge=0, le=1000,
+        description="backbone blocks fine-tuning leaves fixed (stability; 5: MobileNetV3-Large's "
+        "stem, stride-4 stage and first stride-8 block)",
+    )  # fmt: skip
     train_width: int = Field(320, ge=32, le=4096)
     train_height: int = Field(240, ge=32, le=4096)
     replay_frames: int = Field(64, ge=0, le=100_000)

@@ -218,7 +218,9 @@ def finetune(
     (`trainable_parameters`): with every layer free, the same 30 regions gave rural mIoU from
     0.15 to 0.26 depending on the training seed alone; with the stem and the stride-8 stage
     fixed (7 blocks of MobileNetV3-Large) two training seeds mostly land within 0.01 of each
-    other (measured on the former label-efficiency bench, now `ars bench adaptation`).
+    other (measured on the former label-efficiency bench, now `ars bench adaptation`). The
+    server fixes 5 (``server.frozen_blocks``): with the replay distilled, the last two
+    stride-8 blocks adapt without costing the old domain (docs/adaptation.md).
     With `pseudo` (unlabeled new-domain frames with the model's confident pixels,
     ``models.adaptation.pseudo_labels``), round(new slots * pseudo_share) of each batch's
     new-domain slots, at least one, draw from them instead; with no labelled samples at all
