@@ -56,9 +56,10 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     }
     for device in devices:
         model = copy.deepcopy(base).to(device)
-        teacher = copy.deepcopy(base).to(device)  # as the server: the base is the teacher
-        finetune(model, samples, replay, iterations=2, lr=ss.lr, batch_size=ss.batch_size,
-                 frozen_blocks=ss.frozen_blocks, size=train_hw)  # fmt: skip  # warm-up
+        # as the server trains: its recipe, the base model as teacher (copied before the
+        # clock starts, so the fine-tune alone is timed)
+        recipe = {**ss.recipe(), "teacher": copy.deepcopy(base).to(device), "size": train_hw}
+        finetune(model, samples, replay, iterations=2, **recipe)  # warm-up
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -67,9 +68,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             samples,
             replay,
             iterations=args.iterations,
-            **ss.recipe(),
-            teacher=teacher,  # copied before the clock starts: the fine-tune alone is timed
-            size=train_hw,
+            **recipe,
         )
         if device == "cuda":
             torch.cuda.synchronize()
