@@ -308,6 +308,7 @@ def test_aggregate_gives_mean_and_95_percent_interval(tmp_path: Path) -> None:
     assert margin["ci95"] == pytest.approx([0.04 - half, 0.04 + half], abs=1e-4)
     assert out["urban_drop_max"]["mean"] == pytest.approx(0.02)  # missing values skipped
     assert out["runs"] == 3 and len(out["by_run"]) == 3
+    assert "ci95_route_seeds" not in margin  # one run a route seed: the runs are the seeds
     files = []
     for i, run in enumerate(runs):
         files.append(tmp_path / f"{i}.json")
@@ -316,3 +317,28 @@ def test_aggregate_gives_mean_and_95_percent_interval(tmp_path: Path) -> None:
     adaptation.add_arguments(parser)
     args = parser.parse_args(["--aggregate", *map(str, files)])
     assert adaptation.run(args, Settings())["default_minus_random"] == margin
+
+
+def test_aggregate_counts_a_route_once_in_its_own_interval() -> None:
+    """Two training seeds on each of 3 routes: the run interval has 5 degrees of freedom, the
+    route one 2 (the routes' means), and past the t table the quantile still exceeds 1.96."""
+    margins = {1: (0.00, 0.02), 2: (0.03, 0.05), 3: (0.01, 0.05)}
+    runs = [
+        {"seed": s, "train_seed": t, "default_minus_random": m}
+        for s, pair in margins.items()
+        for t, m in zip((s, s + 1000), pair, strict=True)
+    ]
+    margin = adaptation.aggregate(runs)["default_minus_random"]
+    means = [0.01, 0.04, 0.03]
+    sd = (sum((m - 0.0267) ** 2 for m in means) / 2) ** 0.5
+    half = 4.303 * sd / 3**0.5
+    assert margin["route_seeds"] == 3
+    assert margin["ci95_route_seeds"] == pytest.approx([0.0267 - half, 0.0267 + half], abs=2e-4)
+    assert (
+        margin["ci95"][1] - margin["ci95"][0]
+        < margin["ci95_route_seeds"][1] - margin["ci95_route_seeds"][0]
+    )
+    assert adaptation.t95(13) == pytest.approx(2.160)
+    assert 1.96 < adaptation.t95(40) == pytest.approx(2.021, abs=0.003)
+    with pytest.raises(ValueError):
+        adaptation.t95(0)
