@@ -411,12 +411,13 @@ def t95(df: int) -> float:
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, list[float] | None]:
     """The mean and its 95 % Student t interval (None from one value)."""
+    import statistics
+
     n = len(values)
-    mean = sum(values) / n
+    mean = statistics.fmean(values)
     if n < 2:
         return mean, None
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
-    half = t95(n - 1) * sd / n**0.5
+    half = t95(n - 1) * statistics.stdev(values) / n**0.5
     return mean, [round(mean - half, 4), round(mean + half, 4)]
 
 
@@ -441,21 +442,20 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     (one value a route seed), the one to read a target from; ``ci95`` counts every run."""
     out: dict[str, Any] = {"runs": len(results)}
     for key in HEADLINE:
-        runs = [r for r in results if r.get(key) is not None]
-        if not runs:
+        by_route: dict[Any, list[float]] = {}
+        for r in results:
+            if r.get(key) is not None:
+                by_route.setdefault(r.get("seed"), []).append(float(r[key]))
+        values = [v for route in by_route.values() for v in route]
+        if not values:
             continue
-        values = [float(r[key]) for r in runs]
         mean, ci = mean_ci95(values)
         row: dict[str, Any] = {"mean": round(mean, 4), "min": min(values), "max": max(values)}
         if ci is not None:
             row["ci95"] = ci
-        by_route: dict[Any, list[float]] = {}
-        for r in runs:
-            by_route.setdefault(r.get("seed"), []).append(float(r[key]))
-        if len(by_route) < len(runs):
-            route_means = [sum(v) / len(v) for v in by_route.values()]
-            row["route_seeds"] = len(route_means)
-            row["ci95_route_seeds"] = mean_ci95(route_means)[1]
+        if len(by_route) < len(values):
+            row["route_seeds"] = len(by_route)
+            row["ci95_route_seeds"] = mean_ci95([mean_ci95(v)[0] for v in by_route.values()])[1]
         out[key] = row
     out["by_run"] = [
         {
