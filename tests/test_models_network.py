@@ -10,7 +10,7 @@ from common.errors import ModelError
 from common.samples import resize_sample
 from models.data import region_training_sample
 from models.network import ARCHS, MEAN, STD, build_model, predict, preprocess
-from models.transforms import labeled_box, random_pair
+from models.transforms import random_pair
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -91,30 +91,6 @@ def test_paired_transforms_keep_image_and_mask_aligned() -> None:
     img, lbl = random_pair(image, torch.from_numpy(label), (30, 40), rng, flip=False)
     assert torch.equal(lbl, torch.from_numpy(label))
     assert torch.equal(img[0], image[0])
-
-
-def test_crops_on_labels_hold_the_labelled_region() -> None:
-    """A quarter-frame region on a whole-frame canvas: a crop of its size is the region, a
-    smaller crop lies inside it, a larger one covers it; unlabelled frames crop anywhere."""
-    rng = np.random.default_rng(5)
-    label = np.full((24, 32), 255, dtype=np.uint8)
-    label[12:24, 8:24] = 3  # a 12x16 region at (row 12, column 8)
-    region = np.zeros((12, 16, 3), np.uint8), np.full((12, 16), 3, np.uint8)
-    sample = region_training_sample(*region, (8, 12, 16, 12), (32, 24), (24, 32))
-    assert np.array_equal(sample.label, label)
-    image = torch.zeros(3, 24, 32)
-    lbl = torch.from_numpy(label)
-    assert labeled_box(lbl) == (12, 24, 8, 24)
-    for _ in range(10):
-        _, crop = random_pair(image, lbl, (12, 16), rng, on_labels=True)
-        assert (crop == 3).all()  # exactly the region, never an ignored pixel
-        _, crop = random_pair(image, lbl, (6, 8), rng, on_labels=True)
-        assert (crop == 3).all()
-        _, crop = random_pair(image, lbl, (20, 20), rng, on_labels=True)
-        assert int((crop == 3).sum()) == 12 * 16  # the whole region inside
-    anywhere = [random_pair(image, lbl, (12, 16), rng)[1] for _ in range(30)]
-    assert any((c == 255).any() for c in anywhere)  # without on_labels: ignored pixels too
-    assert labeled_box(torch.full((4, 4), 255, dtype=torch.uint8)) is None
 
 
 def test_region_training_sample_follows_the_protocol_rule() -> None:

@@ -67,27 +67,6 @@ def test_finetune_reduces_loss_and_mixes_replay() -> None:
     assert evaluate(model, _colour_samples(6, seed=9)) > 0.8
 
 
-def test_finetune_on_crops_trains_on_the_labels_and_predicts_whole_frames() -> None:
-    """`crop`: every step's batch is crops of that size, drawn on the labelled pixels, and the
-    model still learns the task it is then asked on whole frames."""
-    torch.manual_seed(0)
-    model = build_model("tiny")
-    new = _colour_samples(8, seed=1)
-    for s in new:  # a quarter-frame region: the lower right 16x24, the rest ignored
-        s.label[:16, :] = 255
-        s.label[:, :24] = 255
-    shapes: list[tuple[int, ...]] = []
-    hook = model.register_forward_pre_hook(lambda _m, args: shapes.append(tuple(args[0].shape)))
-    result = finetune(
-        model, new, _colour_samples(8, seed=2), iterations=60, lr=0.05, size=(32, 48),
-        crop=(16, 24),
-    )  # fmt: skip
-    hook.remove()
-    assert result.iterations_done == 60 and all(np.isfinite(result.losses))
-    assert set(shapes) == {(2, 3, 16, 24), (2, 3, 32, 48)}  # new crops, whole replay frames
-    assert evaluate(model, _colour_samples(6, seed=9)) > 0.8
-
-
 def test_finetune_cancel_returns_early_without_raising() -> None:
     model = build_model("tiny")
     calls = 0

@@ -61,14 +61,6 @@ OTHER_ROUTE_OFFSET = 100_003
 EVAL_SETS = ("next", "other", "urban")
 
 
-def _hw(text: str) -> tuple[int, int]:
-    """'120x160' -> (120, 160): height x width."""
-    h, _, w = text.partition("x")
-    if not (h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 120x160; got {text!r}")
-    return int(h), int(w)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="route seed (and training seed)")
     parser.add_argument("--train-seed", type=int, default=None, help="default: --seed")
@@ -112,10 +104,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iter-floor", type=int, default=None)
     parser.add_argument("--iter-cap", type=int, default=None)
     parser.add_argument(
-        "--crop", type=_hw, default=None,
-        help="train on HxW crops drawn on the labelled pixels (default: whole frames)",
-    )  # fmt: skip
-    parser.add_argument(
         "--aggregate",
         nargs="+",
         metavar="JSON",
@@ -147,7 +135,6 @@ class Recipe:
     per_frame: float
     floor: int
     cap: int
-    crop: tuple[int, int] | None  # training crop (height, width) on the labels; None: whole
     seed: int
 
 
@@ -186,7 +173,6 @@ def _recipe(args: argparse.Namespace, settings: Settings) -> Recipe:
         per_frame=pick(args.iter_per_frame, ss.iterations_per_frame),
         floor=pick(args.iter_floor, ss.iterations),
         cap=pick(args.iter_cap, ss.iterations_cap),
-        crop=args.crop,
         seed=args.seed if args.train_seed is None else args.train_seed,
     )
 
@@ -358,7 +344,6 @@ def _adapt_and_train(
             frozen_blocks=recipe.frozen_blocks,
             seed=seed,
             size=train_hw,
-            crop=recipe.crop,
             pseudo=pseudo,
             shared_loss=recipe.shared_loss,
             teacher=row.teacher,
