@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -411,8 +412,6 @@ def t95(df: int) -> float:
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, list[float] | None]:
     """The mean and its 95 % Student t interval (None from one value)."""
-    import statistics
-
     n = len(values)
     mean = statistics.fmean(values)
     if n < 2:
@@ -455,7 +454,7 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             row["ci95"] = ci
         if len(by_route) < len(values):
             row["route_seeds"] = len(by_route)
-            row["ci95_route_seeds"] = mean_ci95([mean_ci95(v)[0] for v in by_route.values()])[1]
+            row["ci95_route_seeds"] = mean_ci95([statistics.fmean(v) for v in by_route.values()])[1]
         out[key] = row
     out["by_run"] = [
         {
