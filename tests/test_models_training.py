@@ -299,3 +299,63 @@ def test_replay_frames_carry_the_teachers_answers_through_their_flip() -> None:
         assert F.mse_loss(img[3:], want) < 1e-10
         flips.add(flipped)
     assert flips == {True, False}
+
+
+def _quarter_regions(n: int, seed: int) -> list[LabeledSample]:
+    """Colour samples with one quarter labelled, the quarter in turn (as the robot's windows)."""
+    out = _colour_samples(n, seed=seed)
+    for k, s in enumerate(out):
+        h, w = s.label.shape
+        y, x = (k // 2 % 2) * h // 2, (k % 2) * w // 2
+        keep = np.full_like(s.label, 255)
+        keep[y : y + h // 2, x : x + w // 2] = s.label[y : y + h // 2, x : x + w // 2]
+        s.label[:] = keep
+    return out
+
+
+def test_mosaic_paints_other_regions_only_where_a_sample_has_no_labels() -> None:
+    from models.training import _Pool
+
+    regions = _quarter_regions(8, seed=5)
+    pool = _Pool(regions, mosaic=4)
+    own_img, own_lbl = pool.normalised(regions[0])
+    img, lbl = pool._fill(own_img, own_lbl, np.random.default_rng(0))
+    mine = own_lbl != 255
+    assert torch.equal(lbl[mine], own_lbl[mine]) and torch.equal(img[:, mine], own_img[:, mine])
+    assert int((lbl != 255).sum()) > int(mine.sum())  # more labelled pixels than its own
+    painted = (lbl != 255) & ~mine
+    # every painted pixel is some other region's pixel, label and colour, at its own place
+    sources = [pool.normalised(s) for s in regions[1:]]
+    for yy, xx in painted.nonzero().tolist()[:50]:
+        assert any(
+            int(o_lbl[yy, xx]) == int(lbl[yy, xx]) and torch.equal(o_img[:, yy, xx], img[:, yy, xx])
+            for o_img, o_lbl in sources
+        )
+
+
+def test_mosaic_leaves_whole_frames_and_other_sizes_as_they_are() -> None:
+    from models.training import _Pool
+
+    frames = _colour_samples(3, seed=6)
+    pool = _Pool(frames, mosaic=4)
+    img, lbl = pool.normalised(frames[0])
+    out_img, out_lbl = pool._fill(img, lbl, np.random.default_rng(0))
+    assert torch.equal(out_img, img) and torch.equal(out_lbl, lbl)  # nothing unlabelled
+    region = _quarter_regions(1, seed=7)[0]
+    odd = _colour_samples(2, seed=8, hw=(16, 24))
+    pool = _Pool([region, *odd], mosaic=4)
+    img, lbl = pool.normalised(region)
+    out_img, out_lbl = pool._fill(img, lbl, np.random.default_rng(0))
+    assert torch.equal(out_lbl, lbl)  # the only other samples are of another size
+
+
+def test_finetune_with_mosaic_learns_from_quarter_regions() -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    result = finetune(
+        model, _quarter_regions(6, seed=3), _colour_samples(6, seed=4), iterations=30,
+        lr=0.05, batch_size=4, size=(32, 48), shared_loss=True, mosaic=4,
+    )  # fmt: skip
+    assert result.iterations_done == 30 and all(np.isfinite(result.losses))
+    assert np.mean(result.losses[-5:]) < 0.5 * np.mean(result.losses[:5])
+    assert evaluate(model, _colour_samples(6, seed=9)) > 0.8
