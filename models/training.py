@@ -76,16 +76,12 @@ class _Pool:
     the scale and the flip that the image gets, its answers get too."""
 
     def __init__(
-        self,
-        samples: Sequence[LabeledSample],
-        answers: Sequence[torch.Tensor] | None = None,
-        mosaic: int = 1,
+        self, samples: Sequence[LabeledSample], answers: Sequence[torch.Tensor] | None = None
     ) -> None:
         # converted on draw, not up front: `samples` may be a lazy sequence (the server's
         # regions, decoded from disk on access) so a job's memory does not grow with the data
         self.items = samples
         self.answers = answers
-        self.mosaic = mosaic
         self.mean = torch.tensor(MEAN).view(3, 1, 1)
         self.std = torch.tensor(STD).view(3, 1, 1)
 
@@ -103,35 +99,12 @@ class _Pool:
         out = []
         for i in rng.integers(0, len(self.items), size=n):
             x, lbl = self.normalised(self.items[int(i)])
-            if self.mosaic > 1 and len(self.items) > 1:
-                x, lbl = self._fill(x, lbl, rng)
             if self.answers is not None:
                 low = self.answers[int(i)].float()[None]
                 up = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
                 x = torch.cat([x, up[0]])
             out.append(random_pair(x, lbl, crop, rng, scale=scale))
         return out
-
-
-    def _fill(
-        self, x: torch.Tensor, lbl: torch.Tensor, rng: np.random.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Paint up to ``mosaic - 1`` other samples' labelled pixels, at their own place on the
-        canvas, where this sample has none: a region's canvas is three quarters unlabelled
-        mean colour, the fill gives a step up to ``mosaic`` times the labelled pixels at the
-        cost of one, and the head's whole-image pooling a picture closer to a frame's. Samples
-        of another size are skipped; a whole labelled frame is left as it is."""
-        for j in rng.integers(0, len(self.items), size=self.mosaic - 1):
-            free = lbl == IGNORE
-            if not bool(free.any()):
-                break
-            y, other = self.normalised(self.items[int(j)])
-            if other.shape != lbl.shape:
-                continue
-            paint = free & (other != IGNORE)
-            x = torch.where(paint, y, x)
-            lbl = torch.where(paint, other, lbl)
-        return x, lbl
 
 
 def _teacher_answers(
@@ -232,7 +205,6 @@ def finetune(
     shared_loss: bool = False,
     teacher: SegNet | None = None,
     distill_weight: float = 0.0,
-    mosaic: int = 1,
 ) -> TrainResult:
     """Fine-tune `model` in place: SGD momentum 0.9, new regions mixed with replay.
 
@@ -257,14 +229,12 @@ def finetune(
     gains ``distill_weight`` x KL(teacher || model) over all their pixels: the labels say what
     the old domain *is*, the teacher what the robot used to *answer*, and holding the answers
     is what keeps the old domain's mIoU (``models.adaptation.bound_forgetting``).
-    With `mosaic` > 1 each new-domain slot paints up to ``mosaic - 1`` more labelled samples
-    into its unlabelled pixels (``_Pool._fill``).
     Returns cancelled=True (no exception) when stopped.
     """
     if not samples and not pseudo:
         raise ValueError("finetune needs at least one labelled sample")
     rng = seed_everything(seed)
-    new_pool, old_pool, pseudo_pool = _Pool(samples, mosaic=mosaic), _Pool(replay), _Pool(pseudo)
+    new_pool, old_pool, pseudo_pool = _Pool(samples), _Pool(replay), _Pool(pseudo)
     n_old = min(batch_size - 1, round(batch_size * replay_share)) if replay else 0
     n_new = batch_size - n_old
     n_pseudo = 0
