@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.classes import IGNORE, NUM_CLASSES
+from common.classes import IGNORE
 from common.samples import LabeledSample
 from models.data import INFER_HW
 from models.metrics import confusion_matrix, miou
@@ -142,11 +142,7 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | Non
 
 
 def _shared_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    n_new: int,
-    new_share: float,
-    new_weight: torch.Tensor | None = None,
+    logits: torch.Tensor, target: torch.Tensor, n_new: int, new_share: float
 ) -> torch.Tensor:
     """The new-domain samples (the first ``n_new``) and the replay samples each take their
     share of the loss, whatever the number of labelled pixels in each: summed over pixels, a
@@ -154,7 +150,7 @@ def _shared_loss(
     of the gradient, and the scarcer the labels the slower they would be learnt."""
     if n_new <= 0 or n_new >= logits.shape[0]:
         return _loss(logits, target, None)
-    new = _loss(logits[:n_new], target[:n_new], new_weight)
+    new = _loss(logits[:n_new], target[:n_new], None)
     old = _loss(logits[n_new:], target[n_new:], None)
     return new_share * new + (1.0 - new_share) * old
 
@@ -209,7 +205,6 @@ def finetune(
     shared_loss: bool = False,
     teacher: SegNet | None = None,
     distill_weight: float = 0.0,
-    balance: float = 0.0,
 ) -> TrainResult:
     """Fine-tune `model` in place: SGD momentum 0.9, new regions mixed with replay.
 
@@ -234,9 +229,6 @@ def finetune(
     gains ``distill_weight`` x KL(teacher || model) over all their pixels: the labels say what
     the old domain *is*, the teacher what the robot used to *answer*, and holding the answers
     is what keeps the old domain's mIoU (``models.adaptation.bound_forgetting``).
-    With `balance` > 0 (and `shared_loss`) the
-    new-domain half's loss weighs each class by ``class_weights(samples, power=balance)``:
-    a few regions are mostly road, vegetation and sky, and the thin classes in them are few.
     Returns cancelled=True (no exception) when stopped.
     """
     if not samples and not pseudo:
@@ -255,9 +247,6 @@ def finetune(
     if distill:
         assert teacher is not None
         old_pool.answers = _teacher_answers(teacher, old_pool, device)
-    new_weight = None
-    if balance > 0 and samples:
-        new_weight = class_weights(samples, NUM_CLASSES, power=balance).to(device)
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
     losses: list[float] = []
     start = time.monotonic()
@@ -283,9 +272,7 @@ def finetune(
             x, y = _stack(pairs)
             logits, target = model(x.to(device)), y.to(device)
             if shared_loss and n_old:
-                loss = _shared_loss(
-                    logits, target, n_new + n_pseudo, 1.0 - n_old / batch_size, new_weight
-                )
+                loss = _shared_loss(logits, target, n_new + n_pseudo, 1.0 - n_old / batch_size)
             else:
                 loss = _loss(logits, target, None)
             if held is not None:

@@ -299,32 +299,3 @@ def test_replay_frames_carry_the_teachers_answers_through_their_flip() -> None:
         assert F.mse_loss(img[3:], want) < 1e-10
         flips.add(flipped)
     assert flips == {True, False}
-
-
-def test_balanced_shared_loss_weighs_the_new_half_by_class() -> None:
-    """With class weights the new half's loss is the weighted mean over its pixels; the
-    replay half stays unweighted."""
-    from models.training import _loss, _shared_loss
-
-    torch.manual_seed(0)
-    logits = torch.randn(2, 3, 8, 8)
-    target = torch.randint(0, 3, (2, 8, 8))
-    weight = torch.tensor([0.5, 1.0, 4.0])
-    shared = _shared_loss(logits, target, n_new=1, new_share=0.5, new_weight=weight)
-    per_pixel = torch.nn.functional.cross_entropy(logits[:1], target[:1], reduction="none")[0]
-    w = weight[target[0]]
-    new = float((w * per_pixel).sum() / w.sum())
-    old = float(_loss(logits[1:], target[1:], None))
-    assert shared == pytest.approx(0.5 * new + 0.5 * old, rel=1e-5)
-    assert new != pytest.approx(float(_loss(logits[:1], target[:1], None)), rel=1e-3)
-
-
-def test_finetune_with_class_balance_learns() -> None:
-    torch.manual_seed(0)
-    model = build_model("tiny")
-    result = finetune(
-        model, _colour_samples(6, seed=3), _colour_samples(6, seed=4), iterations=30,
-        lr=0.05, batch_size=4, size=(32, 48), shared_loss=True, balance=0.5,
-    )  # fmt: skip
-    assert result.iterations_done == 30 and all(np.isfinite(result.losses))
-    assert np.mean(result.losses[-5:]) < 0.5 * np.mean(result.losses[:5])
