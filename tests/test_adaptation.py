@@ -133,6 +133,18 @@ def test_scores_count_only_classes_in_the_ground_truth() -> None:
     assert out["iou"] == {"0": 0.8, "13": 1.0}  # pole is not scored, but cost road its IoU
     assert out["miou"] == pytest.approx(0.9) and out["pixel_acc"] == pytest.approx(0.9)
     assert out["miou_large"] == pytest.approx(0.8) and out["miou_small"] == pytest.approx(1.0)
+    assert out["confused"] == [[0, 5, 0.1]]  # road called pole: 2 of the 20 pixels
+
+
+def test_confused_pairs_are_the_largest_mistakes_first() -> None:
+    from models.metrics import confused_pairs
+
+    conf = np.zeros((19, 19), dtype=np.int64)
+    conf[0, 0], conf[9, 9], conf[10, 10] = 9000, 500, 400
+    conf[9, 0], conf[10, 2], conf[8, 9], conf[0, 1] = 60, 30, 9, 1  # of 10,000 pixels
+    assert confused_pairs(conf) == [[9, 0, 0.006], [10, 2, 0.003]]  # under 0.1 %: left out
+    assert confused_pairs(conf, top=1) == [[9, 0, 0.006]]
+    assert confused_pairs(np.zeros((19, 19), dtype=np.int64)) == []
 
 
 def _tiny_bench(tmp_path: Path) -> tuple[Path, Settings, argparse.ArgumentParser]:
