@@ -172,11 +172,6 @@ class ServerSettings(_Section):
         description="weight of the replay frames' distillation to the base model's answers "
         "(0: replay frames train on their labels alone)",
     )  # fmt: skip
-    colour_jitter: float = Field(
-        0.0, ge=0, le=3,
-        description="strength of the random light, colour and haze the labelled new-domain "
-        "samples get when drawn (0: none)",
-    )  # fmt: skip
     lr: float = Field(5e-3, gt=0, le=1)  # tuned once on the former label-efficiency bench, seed 11
     batch_size: int = Field(4, ge=1, le=512)
     replay_share: float = Field(0.5, ge=0, lt=1)
@@ -233,7 +228,6 @@ class ServerSettings(_Section):
             "frozen_blocks": self.frozen_blocks,
             "shared_loss": self.shared_loss,
             "distill_weight": self.distill_weight,  # with the base model as `teacher`
-            "jitter": self.colour_jitter,
         }
 
 

@@ -57,25 +57,3 @@ def random_pair(
     if flip and rng.random() < 0.5:
         image, label = image.flip(-1), label.flip(-1)
     return image, label
-
-
-LUMA = (0.299, 0.587, 0.114)
-
-
-def photometric(image: torch.Tensor, rng: np.random.Generator, strength: float) -> torch.Tensor:
-    """Random light, colour and haze on a 3xHxW float image in [0, 1], for the new domain's
-    few labelled regions to stand for the looks of the route ahead: brightness, contrast and
-    saturation each x U(1 - 0.3 s, 1 + 0.3 s), a colour cast (each channel x U(1 - 0.1 s,
-    1 + 0.1 s)) and a haze (a blend toward light grey of up to 0.3 s), s = `strength`."""
-    if strength <= 0:
-        return image
-    b, c, sat = rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength, size=3)
-    gain = torch.tensor(rng.uniform(1 - 0.1 * strength, 1 + 0.1 * strength, size=3))
-    haze, grey = float(rng.uniform(0, 0.3 * strength)), float(rng.uniform(0.7, 0.9))
-    x = image * float(b)
-    x = (x - x.mean()) * float(c) + x.mean()
-    luma = (x * torch.tensor(LUMA).view(3, 1, 1)).sum(0, keepdim=True)
-    x = (x - luma) * float(sat) + luma
-    x = x * gain.float().view(3, 1, 1)
-    x = x * (1 - haze) + haze * grey
-    return x.clamp(0.0, 1.0)
