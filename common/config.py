@@ -112,7 +112,9 @@ class RobotSettings(_Section):
         "route; stratified: the hardest of each equal stretch of the route",
     )
     window: Literal["hardest", "spread"] = Field(
-        "spread",  # over hardest windows: +0.044, -0.007, +0.063 rural mIoU, label-eff. seeds 1-3
+        # hardest windows end round 3 lower on 6 of 8 route seeds, mean -0.019 next mIoU
+        # (docs/adaptation.md, What was tried)
+        "spread",
         description="hardest: each frame's hardest window (the paper's); spread: the hardest "
         "of the 3x3 grid windows used least so far, so windows cover the whole image",
     )
