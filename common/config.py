@@ -105,8 +105,8 @@ class RobotSettings(_Section):
         0.2, gt=0, le=1, description="share of each round's frames whose window is labelled"
     )
     selection: Literal["top", "diverse", "stratified"] = Field(
-        # adaptation bench, quick, route seeds 1-4: next mIoU -0.008, +0.015, -0.009, +0.002
-        # against random frames; "diverse" -0.006, +0.003, +0.001, -0.042 (docs/adaptation.md)
+        # adaptation bench, quick: next mIoU +0.010 over random frames on the mean of route
+        # seeds 1-26 (ahead on 18), +0.011 over "diverse" on seeds 1-4 (docs/adaptation.md)
         "stratified",
         description="top: the paper's top frames; diverse: the hardest, spread along the "
         "route; stratified: the hardest of each equal stretch of the route",
