@@ -209,6 +209,11 @@ class ServerSettings(_Section):
         0.02, ge=0, le=1,
         description="old-domain mIoU a candidate may lose against the base model and still pass",
     )  # fmt: skip
+    gate_heldout_drop: float = Field(
+        0.0, ge=0, le=1,
+        description="new-domain mIoU (held-out regions; rural frames without them) a candidate "
+        "may lose against the robot's model and still pass: a few held-out regions score noisily",
+    )  # fmt: skip
     urban_budget: float = Field(
         0.01, ge=0, le=1,
         description="old-domain mIoU a fine-tune may lose against the base model on the guard "

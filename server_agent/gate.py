@@ -41,16 +41,24 @@ class GateVerdict:
         return bool(self.reasons)
 
 
-def judge(candidate: dict[str, float], current: dict[str, float], urban_drop: float) -> GateVerdict:
-    """Compare the candidate's metrics with the running model's on the same data."""
+def judge(
+    candidate: dict[str, float],
+    current: dict[str, float],
+    urban_drop: float,
+    new_domain_drop: float = 0.0,
+) -> GateVerdict:
+    """Compare the candidate's metrics with the running model's on the same data; the new
+    domain's figure may fall by `new_domain_drop` (``server.gate_heldout_drop``), the urban one
+    by `urban_drop` from the base model's."""
     figures: dict[str, float | None] = {}
     reasons: list[str] = []
     new_domain = "miou_heldout" if "miou_heldout" in candidate else "miou_rural"
     label = "held-out regions" if new_domain == "miou_heldout" else "rural"
     cand, cur = candidate.get(new_domain), current.get(new_domain)
     figures[f"candidate_{new_domain}"], figures[f"current_{new_domain}"] = cand, cur
-    if cand is not None and cur is not None and cand < cur:
-        reasons.append(f"{label} mIoU {cand:.4f}, below the running model's {cur:.4f}")
+    if cand is not None and cur is not None and cand < cur - new_domain_drop:
+        by = f"more than {new_domain_drop:.2f} below" if new_domain_drop > 0 else "below"
+        reasons.append(f"{label} mIoU {cand:.4f}, {by} the running model's {cur:.4f}")
     cand_u, cur_u = candidate.get("miou_urban"), current.get("miou_urban")
     figures["candidate_miou_urban"], figures["current_miou_urban"] = cand_u, cur_u
     ref_u, whose = cur_u, "running"

@@ -97,9 +97,10 @@ class ModelPublisher:
         current = row.metrics_before
         if active is not None and active.version != row.parent:
             current = active.metrics  # the robot runs another model (e.g. a rollback)
-        verdict = judge(row.metrics, current, self.settings.server.gate_urban_drop)
+        server = self.settings.server
+        verdict = judge(row.metrics, current, server.gate_urban_drop, server.gate_heldout_drop)
         gate = verdict.figures
-        if self.settings.server.gate and verdict.worse and not force:
+        if server.gate and verdict.worse and not force:
             await self.outbox.event(
                 "rejected",
                 f"gate: {row.version} has "

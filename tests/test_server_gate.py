@@ -49,3 +49,15 @@ def test_urban_tolerance_counts_from_the_base_model_when_the_job_recorded_it() -
         "urban mIoU 0.6750, more than 0.02 below the base model's 0.7000"
     ]
     assert v.figures["base_miou_urban"] == 0.70
+
+
+def test_new_domain_tolerance_lets_noise_pass_and_refuses_beyond_it() -> None:
+    """A few held-out regions score noisily: within ``server.gate_heldout_drop`` of the running
+    model the candidate passes; beyond it the reason names the tolerance."""
+    current = {"miou_heldout": 0.40, "miou_urban": 0.70}
+    assert not judge({"miou_heldout": 0.395, "miou_urban": 0.70}, current, 0.02, 0.01).worse
+    v = judge({"miou_heldout": 0.38, "miou_urban": 0.70}, current, 0.02, 0.01)
+    assert v.worse and v.reasons == [
+        "held-out regions mIoU 0.3800, more than 0.01 below the running model's 0.4000"
+    ]
+    assert judge({"miou_heldout": 0.395, "miou_urban": 0.70}, current, 0.02).worse  # default 0
