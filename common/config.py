@@ -184,6 +184,11 @@ class ServerSettings(_Section):
         description="weight of the replay frames' distillation to the base model's answers "
         "(0: replay frames train on their labels alone)",
     )  # fmt: skip
+    colour_cast: float = Field(
+        0.0, ge=0, le=3,
+        description="strength of the random colour cast the labelled new-domain samples get "
+        "each time they are drawn (0: none; 1: each channel x 0.7-1.3, docs/adaptation.md)",
+    )  # fmt: skip
     lr: float = Field(5e-3, gt=0, le=1)  # tuned once on the former label-efficiency bench, seed 11
     batch_size: int = Field(4, ge=1, le=512)
     replay_share: float = Field(0.5, ge=0, lt=1)
@@ -245,6 +250,7 @@ class ServerSettings(_Section):
             "frozen_blocks": self.frozen_blocks,
             "shared_loss": self.shared_loss,
             "distill_weight": self.distill_weight,  # with the base model as `teacher`
+            "colour_cast": self.colour_cast,
         }
 
 

@@ -23,7 +23,7 @@ from models.data import INFER_HW
 from models.metrics import confusion_matrix, miou
 from models.network import MEAN, STD, SegNet, build_model
 from models.seeding import seed_everything
-from models.transforms import random_pair, to_tensors
+from models.transforms import colour_cast, random_pair, to_tensors
 
 __all__ = [
     "LabeledSample",
@@ -76,18 +76,28 @@ class _Pool:
     the scale and the flip that the image gets, its answers get too."""
 
     def __init__(
-        self, samples: Sequence[LabeledSample], answers: Sequence[torch.Tensor] | None = None
+        self,
+        samples: Sequence[LabeledSample],
+        answers: Sequence[torch.Tensor] | None = None,
+        cast: float = 0.0,
     ) -> None:
         # converted on draw, not up front: `samples` may be a lazy sequence (the server's
         # regions, decoded from disk on access) so a job's memory does not grow with the data
         self.items = samples
         self.answers = answers
+        self.cast = cast  # colour cast strength on draw (0: none)
         self.mean = torch.tensor(MEAN).view(3, 1, 1)
         self.std = torch.tensor(STD).view(3, 1, 1)
 
-    def normalised(self, sample: LabeledSample) -> tuple[torch.Tensor, torch.Tensor]:
+    def normalised(
+        self, sample: LabeledSample, rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sample as a normalised float image and a long mask; with `rng`, cast as drawn."""
         img, lbl = to_tensors(sample.image, sample.label)
-        return (img.float() / 255.0 - self.mean) / self.std, lbl.long()
+        x = img.float() / 255.0
+        if rng is not None and self.cast > 0:
+            x = colour_cast(x, rng, self.cast)
+        return (x - self.mean) / self.std, lbl.long()
 
     def draw(
         self,
@@ -98,7 +108,7 @@ class _Pool:
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         out = []
         for i in rng.integers(0, len(self.items), size=n):
-            x, lbl = self.normalised(self.items[int(i)])
+            x, lbl = self.normalised(self.items[int(i)], rng)
             if self.answers is not None:
                 low = self.answers[int(i)].float()[None]
                 up = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -205,6 +215,7 @@ def finetune(
     shared_loss: bool = False,
     teacher: SegNet | None = None,
     distill_weight: float = 0.0,
+    colour_cast: float = 0.0,
 ) -> TrainResult:
     """Fine-tune `model` in place: SGD momentum 0.9, new regions mixed with replay.
 
@@ -229,12 +240,16 @@ def finetune(
     gains ``distill_weight`` x KL(teacher || model) over all their pixels: the labels say what
     the old domain *is*, the teacher what the robot used to *answer*, and holding the answers
     is what keeps the old domain's mIoU (``models.adaptation.bound_forgetting``).
+    With `colour_cast` > 0 each labelled new-domain sample gets a random colour cast each time
+    it is drawn (``models.transforms.colour_cast``); replay frames do not, so they stay what
+    the teacher answered.
     Returns cancelled=True (no exception) when stopped.
     """
     if not samples and not pseudo:
         raise ValueError("finetune needs at least one labelled sample")
     rng = seed_everything(seed)
-    new_pool, old_pool, pseudo_pool = _Pool(samples), _Pool(replay), _Pool(pseudo)
+    new_pool, old_pool = _Pool(samples, cast=colour_cast), _Pool(replay)
+    pseudo_pool = _Pool(pseudo)
     n_old = min(batch_size - 1, round(batch_size * replay_share)) if replay else 0
     n_new = batch_size - n_old
     n_pseudo = 0

@@ -299,3 +299,37 @@ def test_replay_frames_carry_the_teachers_answers_through_their_flip() -> None:
         assert F.mse_loss(img[3:], want) < 1e-10
         flips.add(flipped)
     assert flips == {True, False}
+
+
+def test_colour_cast_is_seeded_keeps_brightness_and_is_off_at_zero() -> None:
+    from models.transforms import colour_cast
+
+    img = torch.rand(3, 16, 24) * 0.5  # no channel near 1, so no clamping
+    assert colour_cast(img, np.random.default_rng(0), 0.0) is img
+    a = colour_cast(img, np.random.default_rng(1), 1.0)
+    b = colour_cast(img, np.random.default_rng(1), 1.0)
+    assert torch.equal(a, b) and not torch.equal(a, img)  # same draw, same cast
+    gains = a.mean((1, 2)) / img.mean((1, 2))
+    assert float(gains.min()) >= 0.7 / 1.3 - 1e-6 and float(gains.max()) <= 1.3 / 0.7 + 1e-6
+    assert float(gains.max() - gains.min()) > 1e-3  # the channels moved apart: a cast
+    assert float(a.mean()) == pytest.approx(float(img.mean()), rel=0.15)
+
+
+def test_finetune_with_a_colour_cast_learns_and_leaves_replay_frames_as_they_are() -> None:
+    from models.training import _Pool
+
+    new, replay = _colour_samples(6, seed=3), _colour_samples(6, seed=4)
+    pool = _Pool(replay)
+    x, _ = pool.normalised(replay[0], np.random.default_rng(0))
+    assert torch.equal(x, pool.normalised(replay[0])[0])  # no cast on a replay pool
+    cast_pool = _Pool(new, cast=1.0)
+    y, _ = cast_pool.normalised(new[0], np.random.default_rng(0))
+    assert not torch.equal(y, cast_pool.normalised(new[0])[0])  # drawn: cast
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    result = finetune(
+        model, new, replay, iterations=30, lr=0.05, batch_size=4, size=(32, 48),
+        shared_loss=True, colour_cast=1.0,
+    )  # fmt: skip
+    assert result.iterations_done == 30 and all(np.isfinite(result.losses))
+    assert np.mean(result.losses[-5:]) < 0.5 * np.mean(result.losses[:5])

@@ -98,6 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight of the replay frames' distillation to the base model (0: none)",
     )  # fmt: skip
     parser.add_argument(
+        "--cast", type=float, default=None,
+        help="strength of the labelled new-domain samples' random colour cast (0: none)",
+    )  # fmt: skip
+    parser.add_argument(
         "--urban-budget", type=float, default=None,
         help="forgetting guard: urban mIoU a row may lose against the base (1: no guard)",
     )  # fmt: skip
@@ -131,6 +135,7 @@ class Recipe:
     pseudo_threshold: float  # softmax confidence of a pseudo-label (0: none)
     shared_loss: bool  # new-domain and replay samples each take their share of the loss
     distill_weight: float  # replay frames held to the base model's answers (0: not)
+    colour_cast: float  # strength of the labelled samples' random colour cast (0: none)
     urban_budget: float  # old-domain mIoU a round may lose against the base (1: no guard)
     guard_frames: int  # the guard's urban frames (the server's gate set)
     per_frame: float
@@ -169,6 +174,7 @@ def _recipe(args: argparse.Namespace, settings: Settings) -> Recipe:
         pseudo_threshold=pick(args.pseudo_threshold, ss.pseudo_threshold),
         shared_loss=pick(args.shared_loss, ss.shared_loss),
         distill_weight=pick(args.distill, ss.distill_weight),
+        colour_cast=pick(args.cast, ss.colour_cast),
         urban_budget=pick(args.urban_budget, ss.urban_budget),
         guard_frames=ss.eval_frames,
         per_frame=pick(args.iter_per_frame, ss.iterations_per_frame),
@@ -349,6 +355,7 @@ def _adapt_and_train(
             shared_loss=recipe.shared_loss,
             teacher=row.teacher,
             distill_weight=recipe.distill_weight,
+            colour_cast=recipe.colour_cast,
         )
     if row.guard and (iterations or recipe.bn_frames > 0):  # frames only when the guard is on
         guard = bound_forgetting(
