@@ -333,3 +333,10 @@ def test_finetune_with_a_colour_cast_learns_and_leaves_replay_frames_as_they_are
     )  # fmt: skip
     assert result.iterations_done == 30 and all(np.isfinite(result.losses))
     assert np.mean(result.losses[-5:]) < 0.5 * np.mean(result.losses[:5])
+
+
+def test_colour_cast_refuses_a_strength_that_would_flip_a_channel() -> None:
+    from models.transforms import colour_cast
+
+    with pytest.raises(ValueError, match=r"outside 0\.\.3"):
+        colour_cast(torch.rand(3, 4, 4), np.random.default_rng(0), 3.5)
