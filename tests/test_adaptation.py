@@ -206,6 +206,9 @@ def test_round_loop_on_a_tiny_model(tmp_path: Path) -> None:
     args.seed = 2000  # its urban evaluation frames would include the guard's
     with pytest.raises(SystemExit, match="forgetting guard"):
         adaptation.run(args, settings)
+    args.seed, args.cast = 2, 3.5  # a gain below 0 would flip a channel
+    with pytest.raises(SystemExit, match=r"strength is 0\.\.3"):
+        adaptation.run(args, settings)
 
 
 def test_rows_in_worker_processes_give_the_same_figures(tmp_path: Path) -> None:
