@@ -185,7 +185,7 @@ class ServerSettings(_Section):
         "(0: replay frames train on their labels alone)",
     )  # fmt: skip
     colour_cast: float = Field(
-        0.0, ge=0, le=3,
+        0.0, ge=0, le=3,  # models.transforms.MAX_CAST (common does not import models)
         description="strength of the random colour cast the labelled new-domain samples get "
         "each time they are drawn (0: none; 1: each channel x 0.7-1.3, docs/adaptation.md)",
     )  # fmt: skip

@@ -59,6 +59,10 @@ def random_pair(
     return image, label
 
 
+#: The strongest colour cast: gains 0.1-1.9; past it a gain below 0 would flip a channel.
+MAX_CAST = 3.0
+
+
 def colour_cast(image: torch.Tensor, rng: np.random.Generator, strength: float) -> torch.Tensor:
     """A random colour cast on a 3xHxW float image in [0, 1]: each channel x U(1 - 0.3 s,
     1 + 0.3 s), the gains scaled to a mean of 1 so the brightness stays, s = `strength`.
@@ -69,9 +73,9 @@ def colour_cast(image: torch.Tensor, rng: np.random.Generator, strength: float) 
     (``docs/adaptation.md``, *Known limits*); a cast lets each labelled region stand for other
     lights. Measured on 7 route seeds it pays where the light ahead is new and costs where
     colour is what tells a dirt track from grass, so ``server.colour_cast`` is 0 (off) by
-    default (*What was tried*). Strength 0..3 (3: gains 0.1-1.9)."""
-    if not 0 <= strength <= 3:
-        raise ValueError(f"colour cast strength {strength} is outside 0..3")
+    default (*What was tried*). Strength 0..``MAX_CAST``."""
+    if not 0 <= strength <= MAX_CAST:
+        raise ValueError(f"colour cast strength {strength} is outside 0..{MAX_CAST:g}")
     if strength == 0:
         return image
     gain = torch.from_numpy(rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength, size=3)).float()

@@ -817,8 +817,12 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             f"route seed {plan.seed}: its urban evaluation frames would include the forgetting "
             "guard's (the server's seed-0 set); pick a seed that is not a multiple of 1000"
         )
-    if not 0 <= plan.recipe.colour_cast <= 3:
-        raise SystemExit(f"--cast {plan.recipe.colour_cast}: the colour cast's strength is 0..3")
+    from models.transforms import MAX_CAST
+
+    if not 0 <= plan.recipe.colour_cast <= MAX_CAST:  # refused before any rendering
+        raise SystemExit(
+            f"--cast {plan.recipe.colour_cast}: the colour cast's strength is 0..{MAX_CAST:g}"
+        )
     names = [n for n in wanted if n != "base"]
     jobs = args.jobs or default_jobs(len(names), plan.threads, plan.device)
     with rendered_once(plan) as (rendered, render_cpu):
