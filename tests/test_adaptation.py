@@ -272,6 +272,10 @@ def test_runs_of_one_plan_merge_into_the_run_of_all_their_rows(tmp_path: Path) -
         parser.parse_args(["--merge", *map(str, paths), "--plot", str(chart)]), settings
     )
     assert merged["merged"] == 2 and set(merged["rows"]) == {"default", "full"}
+    # each row says which torch build and processor kernels made it (figures depend on them)
+    assert whole["machine"]["torch"] == torch.__version__
+    assert whole["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert merged["machine_by_row"] == {"default": whole["machine"], "full": whole["machine"]}
     for key in ("miou_ratio_round1", "gain_share_round2", "urban_drop_max"):
         assert merged[key] == whole[key], key
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -488,6 +488,7 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {k: first.get(k) for k in _PLAN_KEYS}
     out["merged"] = len(results)
     rows: dict[str, list[dict[str, Any]]] = {}
+    machines: dict[str, Any] = {}  # each row's: its figures depend on the kernels it ran
     for r in results:
         differ = [k for k in _PLAN_KEYS if r.get(k) != first.get(k)]
         if differ:
@@ -496,9 +497,11 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if name in rows:
                 raise SystemExit(f"--merge: row {name!r} is in more than one run")
             rows[name] = rounds
+            machines[name] = r.get("machine")
             if name == "default" and "default_rule" in r:
                 out["default_rule"] = r["default_rule"]
     out["rows"] = rows
+    out["machine_by_row"] = machines
     out.update(summary(rows, first["base"]))
     out["timing"] = {
         "cpu_seconds": round(sum(r.get("timing", {}).get("cpu_seconds") or 0 for r in results), 1)
@@ -842,6 +845,7 @@ def _run_plan(
     """The base model's scores, every row's rounds, the summary, the chart."""
     from tqdm import tqdm
 
+    from models.seeding import compute_fingerprint
     from simulator.scene import route_stretch
 
     settings, rs = plan.settings, plan.settings.robot
@@ -884,6 +888,7 @@ def _run_plan(
         "device": plan.device,
         "jobs": jobs,
         "threads": plan.threads,
+        "machine": compute_fingerprint(plan.device),
         "checkpoint": plan.checkpoint or "(shipped base)",
         "version": meta.version,
         "route": {
