@@ -328,6 +328,7 @@ def test_aggregate_gives_mean_and_95_percent_interval(tmp_path: Path) -> None:
     assert out["urban_drop_max"]["mean"] == pytest.approx(0.02)  # missing values skipped
     assert out["runs"] == 3 and len(out["by_run"]) == 3
     assert "ci95_route_seeds" not in margin  # one run a route seed: the runs are the seeds
+    assert out["machines"] == 0  # none of these runs names its machine
     files = []
     for i, run in enumerate(runs):
         files.append(tmp_path / f"{i}.json")
@@ -358,6 +359,28 @@ def test_aggregate_counts_a_route_once_in_its_own_interval() -> None:
         < margin["ci95_route_seeds"][1] - margin["ci95_route_seeds"][0]
     )
     assert adaptation.t95(13) == pytest.approx(2.160)
+
+
+def test_aggregate_names_the_machines_its_runs_ran_on() -> None:
+    """Figures from machines with other kernels differ by more than their seeds: the aggregate
+    keeps each run's machine (a merged run's per row) and counts the distinct ones."""
+    epyc = {"torch": "2.14.1", "cpu": "AMD EPYC", "cpu_capability": "AVX2"}
+    xeon = {"torch": "2.14.1", "cpu": "Intel Xeon", "cpu_capability": "AVX512"}
+    runs = [
+        {"seed": 1, "train_seed": 1, "default_minus_random": 0.01, "machine": epyc},
+        {"seed": 2, "train_seed": 2, "default_minus_random": 0.02, "machine": dict(epyc)},
+        {
+            "seed": 3,
+            "train_seed": 3,
+            "default_minus_random": 0.03,
+            "machine_by_row": {"default": epyc, "random": xeon},
+        },
+    ]
+    out = adaptation.aggregate(runs)
+    assert out["machines"] == 2
+    assert out["by_run"][0]["machine"] == epyc
+    assert out["by_run"][2]["machine_by_row"]["random"] == xeon
+    assert "machine" not in out["by_run"][2]
     assert 1.96 < adaptation.t95(40) == pytest.approx(2.021, abs=0.003)
     with pytest.raises(ValueError):
         adaptation.t95(0)

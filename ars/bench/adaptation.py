@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import statistics
 import time
@@ -445,7 +446,11 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     Runs on one route share its frames, so they are not independent draws: where a route seed
     has more than one run, ``ci95_route_seeds`` is the interval over the route seeds' means
-    (one value a route seed), the one to read a target from; ``ci95`` counts every run."""
+    (one value a route seed), the one to read a target from; ``ci95`` counts every run.
+
+    Each run in ``by_run`` names the machine(s) it ran on, and ``machines`` counts the distinct
+    ones: runs from machines with other kernels differ by more than their seeds
+    (docs/adaptation.md, *Reproducibility*)."""
     out: dict[str, Any] = {"runs": len(results)}
     for key in HEADLINE:
         by_route: dict[Any, list[float]] = {}
@@ -468,10 +473,19 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "seed": r.get("seed"),
             "train_seed": r.get("train_seed"),
             **{k: r.get(k) for k in HEADLINE},
+            **{k: r[k] for k in ("machine", "machine_by_row") if k in r},
         }
         for r in results
     ]
+    out["machines"] = len({json.dumps(m, sort_keys=True) for r in results for m in _machines(r)})
     return out
+
+
+def _machines(result: dict[str, Any]) -> list[Any]:
+    """The machine fingerprints a run's rows ran on: one, or each merged row's."""
+    if result.get("machine") is not None:
+        return [result["machine"]]
+    return [m for m in (result.get("machine_by_row") or {}).values() if m is not None]
 
 
 #: What runs of one plan share; `merge` refuses runs that differ in any of them.
@@ -783,12 +797,8 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from models.network import resolve_device
 
     if args.aggregate:
-        import json
-
         return aggregate([json.loads(Path(p).read_text()) for p in args.aggregate])
     if args.merge:
-        import json
-
         merged = merge([json.loads(Path(p).read_text()) for p in args.merge])
         if args.plot:
             plot(merged, Path(args.plot))
