@@ -104,7 +104,7 @@ class RobotSettings(_Section):
     select_ratio: float = Field(
         0.2, gt=0, le=1, description="share of each round's frames whose window is labelled"
     )
-    selection: Literal["top", "diverse", "stratified", "typical"] = Field(
+    selection: Literal["top", "diverse", "stratified"] = Field(
         # adaptation bench, quick: next mIoU +0.007 over random frames on the mean of route
         # seeds 1-26 (ahead on 18), +0.011 over "diverse" on seeds 1-4 (docs/adaptation.md)
         "stratified",

@@ -20,7 +20,6 @@ __all__ = [
     "select_random",
     "select_stratified",
     "select_top",
-    "select_typical",
     "spread_windows",
 ]
 
@@ -107,60 +106,6 @@ def select_stratified(
     cuts = [round(j * n / k) for j in range(k + 1)] if k else [0]
     picked = [max(order[cuts[j] : cuts[j + 1]], key=lambda i: float(scores[i])) for j in range(k)]
     return sorted(picked, key=lambda i: -float(scores[i]))
-
-
-def _kmeans(x: np.ndarray, k: int, iterations: int = 30) -> np.ndarray:
-    """Cluster of each row of x: k-means++ start (seed 0, so the rule is deterministic)."""
-    rng = np.random.default_rng(0)
-    centres = [x[int(rng.integers(len(x)))]]
-    for _ in range(1, k):
-        d2 = np.min(((x[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
-        total = float(d2.sum())
-        centres.append(x[int(rng.choice(len(x), p=d2 / total))] if total > 0 else x[len(centres)])
-    c = np.asarray(centres)
-    assign = np.zeros(len(x), dtype=int)
-    for _ in range(iterations):
-        assign = ((x[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
-        for j in range(k):
-            if np.any(assign == j):
-                c[j] = x[assign == j].mean(0)
-    return assign
-
-
-def select_typical(
-    features: np.ndarray, ratio: float, labelled: np.ndarray | None = None, knn: int = 20
-) -> list[int]:
-    """TypiClust (Hacohen et al., "Active learning on a budget", ICML 2022): the most typical
-    frame of each of the largest clusters that hold no labelled frame yet.
-
-    `features` (n x d) are the round's frames, `labelled` (m x d) the frames labelled in
-    earlier rounds, both seen by the model the robot runs now. k-means cuts all n + m into
-    budget + m clusters, so clusters already labelled are passed over for looks no label
-    covers; within a cluster the frame with the smallest mean distance to its nearest
-    neighbours stands for the most of it. At a few labels a round, typical frames teach more
-    than uncertain ones (the paper's finding on small budgets).
-    """
-    n = len(features)
-    k = budget_count(ratio, n)
-    lab = np.zeros((0, features.shape[1])) if labelled is None else np.asarray(labelled)
-    x = np.concatenate([np.asarray(features, np.float64), lab.astype(np.float64)])
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    assign = _kmeans(x, min(len(x), k + len(lab)))
-    typicality = np.zeros(n)
-    for i in range(n):
-        same = np.flatnonzero(assign == assign[i])
-        d = np.sort(np.linalg.norm(x[same] - x[i], axis=1))[1 : knn + 1]
-        typicality[i] = 1.0 / (float(d.mean()) + 1e-9) if d.size else 0.0
-    covered = {int(c): int(np.sum(assign[n:] == c)) for c in set(assign.tolist())}
-    picked: list[int] = []
-    for _ in range(k):
-        free = {int(assign[i]) for i in range(n) if i not in picked}
-        c = min(free, key=lambda c: (covered[c], -int(np.sum(assign == c)), c))
-        members = [i for i in range(n) if assign[i] == c and i not in picked]
-        best = max(members, key=lambda i: (typicality[i], -i))
-        picked.append(best)
-        covered[c] += 1
-    return picked
 
 
 def random_window(

@@ -204,7 +204,6 @@ class Mined:
     box: tuple[int, int, int, int]
     entropy: np.ndarray
     errors: np.ndarray | None
-    feature: np.ndarray | None = None
 
 
 def _mine(
@@ -227,15 +226,13 @@ def _mine(
     out = []
     with torch.inference_mode():
         for f in frames:
-            feats = model.backbone(preprocess(f.image, infer_hw).to(device))
-            low = model.classifier(feats)[0].float().cpu()
-            pooled = feats["high"][0].float().mean((1, 2)).cpu().numpy()
+            low = model.forward_lowres(preprocess(f.image, infer_hw).to(device))[0].float().cpu()
             rule = spreader.choose if spreader is not None else None
             m = mine(low, (f.image.shape[0], f.image.shape[1]), region_frac, window_rule=rule)
             errors = None
             if with_errors:
                 errors = error_map(low.numpy().argmax(0), f.label)
-            out.append(Mined(m.score, m.box, normalized_entropy(low), errors, pooled))
+            out.append(Mined(m.score, m.box, normalized_entropy(low), errors))
     return out
 
 
@@ -260,7 +257,6 @@ def _select(
     mined: Sequence[Mined],
     settings: Settings,
     rng: np.random.Generator,
-    labelled: np.ndarray | None = None,
 ) -> list[tuple[int, tuple[int, int, int, int]]]:
     """(frame position in the round, box) pairs: 5 % of the round's pixels by `name`'s rule."""
     from models.mining import window_box, window_size
@@ -270,7 +266,6 @@ def _select(
         select_random,
         select_stratified,
         select_top,
-        select_typical,
         spread_windows,
     )
 
@@ -291,11 +286,6 @@ def _select(
             idx = select_top(scores, ratio)
         elif rs.selection == "stratified":
             idx = select_stratified(scores, ratio)
-        elif rs.selection == "typical":
-            import numpy
-
-            feats = numpy.stack([m.feature for m in mined if m.feature is not None])
-            idx = select_typical(feats, ratio, labelled)
         else:
             idx = select_diverse(scores, ratio, list(range(n)), 1.0 / ratio)
         return [(i, mined[i].box) for i in idx]
@@ -692,7 +682,6 @@ def run_row(name: str, plan: Plan, progress: Progress | None = None) -> list[dic
     rng = np.random.default_rng(plan.seed)
     oracle = OracleAnnotator(cache_size=4)
     new_frames: list[np.ndarray] = []  # every driven frame at the training size
-    picked: list[Frame] = []  # the frames labelled so far
     for r in range(plan.rounds):
         t1, c1 = time.perf_counter(), time.process_time()
         frames = plan.round_frames(r)
@@ -708,13 +697,8 @@ def run_row(name: str, plan: Plan, progress: Progress | None = None) -> list[dic
                 mined = _mine(
                     row.model, frames, infer_hw, rs.region_frac, row.spreader, name == "oracle"
                 )
-            labelled = None
-            if name == "default" and rs.selection == "typical" and picked:
-                seen = _mine(row.model, picked, infer_hw, rs.region_frac, None, False)
-                labelled = np.stack([m.feature for m in seen if m.feature is not None])
-            for i, box in _select(name, frames, mined, plan.settings, rng, labelled):
+            for i, box in _select(name, frames, mined, plan.settings, rng):
                 f = frames[i]
-                picked.append(f)
                 x, y, w, h = box
                 label = oracle.label_crop(f.frame_id, box)
                 crop = f.image[y : y + h, x : x + w]
