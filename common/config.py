@@ -106,7 +106,8 @@ class RobotSettings(_Section):
     )
     selection: Literal["top", "diverse", "stratified"] = Field(
         # adaptation bench, quick: next mIoU +0.007 over random frames on the mean of route
-        # seeds 1-26 (ahead on 18), +0.011 over "diverse" on seeds 1-4 (docs/adaptation.md)
+        # seeds 1-26 (ahead on 18), +0.011 over "diverse" on seeds 1-4; typical (TypiClust)
+        # frames +0.0045 on seeds 1-8, this rule +0.010 (docs/adaptation.md)
         "stratified",
         description="top: the paper's top frames; diverse: the hardest, spread along the "
         "route; stratified: the hardest of each equal stretch of the route",
