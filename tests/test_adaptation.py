@@ -279,6 +279,10 @@ def test_runs_of_one_plan_merge_into_the_run_of_all_their_rows(tmp_path: Path) -
     for key in ("miou_ratio_round1", "gain_share_round2", "urban_drop_max"):
         assert merged[key] == whole[key], key
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a merged run merges again (a row added later) and keeps each row's machine
+    random_run = adaptation.run(parser.parse_args([*common, "--rows", "base,random"]), settings)
+    again = adaptation.merge([merged, random_run])
+    assert again["machine_by_row"] == {n: whole["machine"] for n in ("default", "full", "random")}
     with pytest.raises(SystemExit, match="more than one run"):
         adaptation.merge([json.loads(paths[0].read_text())] * 2)
     other = json.loads(paths[1].read_text()) | {"train_seed": 99}

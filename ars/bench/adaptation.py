@@ -511,7 +511,8 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if name in rows:
                 raise SystemExit(f"--merge: row {name!r} is in more than one run")
             rows[name] = rounds
-            machines[name] = r.get("machine")
+            # a run merged before names each row's machine; a plain run, one for all its rows
+            machines[name] = r.get("machine") or (r.get("machine_by_row") or {}).get(name)
             if name == "default" and "default_rule" in r:
                 out["default_rule"] = r["default_rule"]
     out["rows"] = rows
