@@ -488,6 +488,13 @@ def _machines(result: dict[str, Any]) -> list[Any]:
     return [m for m in (result.get("machine_by_row") or {}).values() if m is not None]
 
 
+def _row_machine(result: dict[str, Any], row: str) -> Any:
+    """The machine one row ran on: a plain run's, or a merged run's entry for the row."""
+    if result.get("machine") is not None:
+        return result["machine"]
+    return (result.get("machine_by_row") or {}).get(row)
+
+
 #: What runs of one plan share; `merge` refuses runs that differ in any of them.
 _PLAN_KEYS = ("seed", "train_seed", "quick", "device", "version", "route", "recipe", "base")
 
@@ -511,8 +518,7 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if name in rows:
                 raise SystemExit(f"--merge: row {name!r} is in more than one run")
             rows[name] = rounds
-            # a run merged before names each row's machine; a plain run, one for all its rows
-            machines[name] = r.get("machine") or (r.get("machine_by_row") or {}).get(name)
+            machines[name] = _row_machine(r, name)
             if name == "default" and "default_rule" in r:
                 out["default_rule"] = r["default_rule"]
     out["rows"] = rows
